@@ -1,0 +1,30 @@
+"""`python -m eval <command>`: each command lives in its own module, which defines
+`add_arguments(parser)` and `main(args) -> int`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "run": ("eval.runner", "evaluate an entry (a server or a local model) on a suite of scenarios"),
+    "data": ("eval.data", "fetch offline task files (BIG-bench, BBQ-lite) into the cache"),
+    "leaderboard": ("eval.leaderboard", "rank the entries with the organizers' rule"),
+    "import": ("eval.importer", "import published results (the organizers' JSON format) as entries"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    return modules[args.command].main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The embedded default model: a tiny Llama and a byte-level BPE tokenizer, built locally.
+
+No model hub is reachable on the machines this harness is developed and tested on, so the
+default recipe, the server and the tests all use this model. It is built once (a second or two)
+and cached as an ordinary Hugging Face folder, so everything downstream loads it by path like
+any hub model. Every dimension is a multiple of 64 (the NF4 block size): bitsandbytes' CPU 4-bit kernels
+on AVX512-BF16 machines assert otherwise.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_NAME = "tiny-llama-v1"
+EMBEDDED_ID = "embedded:tiny-llama"
+VOCAB_SIZE = 1024
+SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]
+
+
+def cache_root() -> Path:
+    """Where built artefacts live: $HARNESS_CACHE, else ~/.cache/llm-harness."""
+    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "llm-harness"))
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text the tokenizer is trained on: the bundled prose plus samples of every generated task,
+    so prompts in the judges' formats tokenize compactly."""
+    from train import generated
+
+    prose = (Path(__file__).parent / "assets" / "prose.txt").read_text(encoding="utf-8")
+    lines = [line for line in prose.splitlines() if line.strip()]
+    for task in generated.TASKS.values():
+        for record in task.make(count=200, seed=1234):
+            lines.append(record["prompt"] + record["completion"])
+    return lines
+
+
+def build_tokenizer():
+    """Train a byte-level BPE tokenizer: any UTF-8 text encodes, and decoding is lossless."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    # Like Llama's tokenizer: a BOS token in front of every encoded text.
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bpe.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        clean_up_tokenization_spaces=False,
+        model_max_length=2048,
+    )
+
+
+def build_model(tokenizer, seed: int = 0):
+    """A 4-layer Llama with random weights (hidden 128, 4 heads of 32, 2 KV heads)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def tiny_model_path(rebuild: bool = False) -> Path:
+    """Build the tiny model once and return its folder. The folder appears atomically, so a
+    crash mid-build or two processes building at once never leave a half-written model."""
+    target = cache_root() / TINY_NAME
+    if target.is_dir() and not rebuild:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_NAME}-", dir=target.parent))
+    try:
+        tokenizer = build_tokenizer()
+        build_model(tokenizer).save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if rebuild and target.exists():
+            shutil.rmtree(target)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: theirs is as good as ours
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_id(model_id: str) -> str:
+    """Map the embedded id to its built folder; any other id passes through unchanged."""
+    return str(tiny_model_path()) if model_id == EMBEDDED_ID else model_id
