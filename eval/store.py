@@ -1,0 +1,165 @@
+"""The results store: one SQLite file, one row per (track, entry, scenario, metric).
+
+Every write replaces whole entries inside one transaction, so a reader never sees an entry half
+written: an evaluation that fails midway leaves the entry's previous results as they were.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+DEFAULT_DB = Path("runs/leaderboard.sqlite")
+DB_ENV = "HARNESS_DB"
+# Entries are only ever ranked against entries of the same track (the competition judged each GPU apart).
+TRACKS = {
+    "local": "your own runs, the default",
+    "a100": "the competition's NVIDIA A100 40GB track",
+    "4090": "the competition's NVIDIA RTX 4090 24GB track",
+}
+DEFAULT_TRACK = "local"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    track TEXT NOT NULL,
+    entry TEXT NOT NULL CHECK (length(entry) > 0),
+    source TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (track, entry)
+);
+CREATE TABLE IF NOT EXISTS results (
+    track TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    scenario TEXT NOT NULL CHECK (length(scenario) > 0),
+    metric TEXT NOT NULL CHECK (length(metric) > 0),
+    value REAL NOT NULL CHECK (value BETWEEN -1e308 AND 1e308),
+    instances INTEGER NOT NULL CHECK (instances >= 0),
+    seconds REAL NOT NULL CHECK (seconds >= 0),
+    PRIMARY KEY (track, entry, scenario, metric),
+    FOREIGN KEY (track, entry) REFERENCES entries (track, entry)
+);
+"""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One metric of one scenario, as an evaluation measured it."""
+
+    scenario: str  # e.g. "mmlu", "bigbench:emoji_movie", "quick:mc_smallest"
+    metric: str  # HELM's metric name exactly as the organizers print it, e.g. "MMLU - EM (Robustness)"
+    value: float
+    instances: int  # instances evaluated (0 when unknown, e.g. imported results)
+    seconds: float  # wall time spent on the scenario (0.0 when unknown)
+
+
+def check_track(track: str) -> str:
+    """The track's canonical name; a ValueError naming it and the known tracks when it is unknown."""
+    name = track.strip().lower()
+    if name not in TRACKS:
+        known = "; ".join(f"{key}: {text}" for key, text in TRACKS.items())
+        raise ValueError(f"unknown track {track!r}; known tracks: {known}")
+    return name
+
+
+def db_path(path: Path | str | None = None) -> Path:
+    """The database file: `path`, else $HARNESS_DB, else runs/leaderboard.sqlite."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+class Store:
+    """The results database (created on first use, parent folders included)."""
+
+    def __init__(self, path: Path | str | None = None) -> None:
+        self.path = db_path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as conn:
+            conn.executescript(_SCHEMA)
+
+    def replace_entry(self, entry: str, track: str, results: Iterable[Result], source: str = "") -> None:
+        """Store `entry`'s results in `track`, replacing all its previous rows in one transaction:
+        any bad result (or an exception raised while `results` is iterated) leaves the old rows intact."""
+        self.replace_entries(track, {entry: results}, source)
+
+    def replace_entries(self, track: str, entries: Mapping[str, Iterable[Result]], source: str = "") -> None:
+        """Like replace_entry for several entries at once, all in a single transaction."""
+        track = check_track(track)
+        recorded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self._transaction() as conn:
+            for entry, results in entries.items():
+                if not isinstance(entry, str) or not entry.strip():
+                    raise ValueError(f"entry name must be a non-empty string, got {entry!r}")
+                conn.execute("DELETE FROM results WHERE track = ? AND entry = ?", (track, entry))
+                conn.execute(
+                    "INSERT OR REPLACE INTO entries (track, entry, source, recorded_at) VALUES (?, ?, ?, ?)",
+                    (track, entry, source, recorded_at),
+                )
+                for result in results:
+                    self._insert(conn, track, entry, result)
+
+    def metrics(self, track: str) -> dict[str, dict[str, float]]:
+        """entry -> {metric name: value} for every entry of `track` (an entry without results maps to
+        {}). A metric several scenarios report (e.g. "BIG-bench - EM" from each BIG-bench task) is
+        their plain mean, as HELM averages the runs of a group."""
+        track = check_track(track)
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT e.entry, r.metric, AVG(r.value) FROM entries e"
+                " LEFT JOIN results r ON r.track = e.track AND r.entry = e.entry"
+                " WHERE e.track = ? GROUP BY e.entry, r.metric ORDER BY e.entry, r.metric",
+                (track,),
+            ).fetchall()
+        table: dict[str, dict[str, float]] = {}
+        for entry, metric, value in rows:
+            table.setdefault(entry, {})
+            if metric is not None:
+                table[entry][metric] = value
+        return table
+
+    def entries(self, track: str) -> list[str]:
+        """The entries of `track`, by name."""
+        track = check_track(track)
+        with closing(self._connect()) as conn:
+            rows = conn.execute("SELECT entry FROM entries WHERE track = ? ORDER BY entry", (track,))
+            return [entry for (entry,) in rows]
+
+    def tracks(self) -> list[str]:
+        """The tracks that hold at least one entry."""
+        with closing(self._connect()) as conn:
+            return [track for (track,) in conn.execute("SELECT DISTINCT track FROM entries ORDER BY track")]
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with closing(self._connect()) as conn:
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock now: concurrent writers queue, not fail
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, track: str, entry: str, result: Result) -> None:
+        try:
+            value = float(result.value)
+            if not math.isfinite(value):
+                raise ValueError(f"value {value} is not a finite number")
+            conn.execute(
+                "INSERT INTO results (track, entry, scenario, metric, value, instances, seconds)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (track, entry, result.scenario, result.metric, value, int(result.instances), float(result.seconds)),
+            )
+        except (AttributeError, TypeError, ValueError, sqlite3.IntegrityError) as exc:
+            raise ValueError(f"entry {entry!r}: cannot store {result}: {exc}") from exc
