@@ -1,0 +1,102 @@
+"""`python -m train`: QLoRA fine-tuning inside a hard wall-clock budget.
+
+With no --config it runs the embedded default (a tiny Llama built locally, bundled generated data)
+on the CPU. Exit codes: 0 finished (step/epoch limit or budget, gracefully), 1 crashed, 2 bad
+command line or recipe, 3 hard stop at the deadline (the last checkpoint's adapter is the result),
+4 stopped by a signal after a graceful save, 5 hard stop by a second signal.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from train.ledger import process_start
+from train.watchdog import EXIT_HARD_SIGNAL, EXIT_USAGE, SignalRouter
+
+STARTED = process_start()  # the budget's clock: the process's own start, imports included
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    p.add_argument("--config", help="recipe TOML (default: configs/tiny-cpu.toml, the embedded CPU default)")
+    p.add_argument("--budget", help="wall-clock budget, e.g. 24h, 90m, 45s, 1h30m (default: the track's limit)")
+    p.add_argument("--track", help="competition track from budget.toml (default: cpu without CUDA)")
+    p.add_argument("--output-dir", help="run folder (default: runs/<recipe name>, never an existing run's)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint, same budget")
+    p.add_argument("--max-steps", type=int, help="override train.max_steps")
+    p.add_argument("--checkpoint-every", help="checkpoint interval, e.g. 30m (default: the track's)")
+    p.add_argument("--allow-unapproved-model", action="store_true",
+                   help="train a base model outside the approved families anyway (not competition-legal)")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan; load nothing")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    router = SignalRouter()
+    router.start()  # before torch starts any thread
+    args = parse_args(argv)
+
+    import torch
+
+    from train import plan, rules
+    from train.recipe import RecipeError, load_recipe
+    from train.session import Limits, TrainingRun, choose_run_dir, resume_recipe, say
+
+    try:
+        if args.resume:
+            if args.config:
+                raise ValueError("--resume continues the run's own recipe (its recipe.toml): leave --config out")
+            run_dir = Path(args.resume)
+            recipe = resume_recipe(run_dir)
+        else:
+            recipe = load_recipe(args.config)
+        if args.max_steps is not None:
+            recipe.train.max_steps = args.max_steps
+        budget_rules = rules.load_rules()
+        track = rules.choose_track(budget_rules, args.track, torch.cuda.is_available())
+        budget_s = rules.budget_seconds(track, args.budget)
+        if args.resume and args.budget is None:
+            budget_s = previous_budget(run_dir, budget_s)
+        every = args.checkpoint_every or recipe.train.checkpoint_every
+        limits = Limits(track.name, budget_s, track.margin_s, track.final_save_reserve_s,
+                        rules.parse_duration(every) if every else track.checkpoint_every_s)
+        if args.dry_run:
+            print(plan.describe(recipe, track.name, budget_s))
+            shape = plan.shape_of(recipe.model.base)
+            if shape:
+                warn = rules.check_base_model(budget_rules, recipe.model.base, shape.model_type,
+                                              recipe.model.allow_unapproved or args.allow_unapproved_model)
+                print(f"base model  {warn or 'approved family: ' + shape.model_type}")
+            return 0
+        from train.model import load_base_config
+
+        model_type = load_base_config(recipe.model.base).model_type
+        warning = rules.check_base_model(budget_rules, recipe.model.base, model_type,
+                                         recipe.model.allow_unapproved or args.allow_unapproved_model)
+        if warning:
+            say(f"warning     {warning}")
+        for line in rules.apply_gpu_limits(track):
+            say(f"track       {line}")
+        if not args.resume:
+            run_dir = choose_run_dir(recipe, args.output_dir)
+        run = TrainingRun(recipe, run_dir, limits, STARTED, resume=bool(args.resume))
+    except (RecipeError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    router.graceful = lambda: run.watchdog.request_stop("signal")
+    router.hard = lambda: run.hard_stop("signal", EXIT_HARD_SIGNAL)
+    return run.run()
+
+
+def previous_budget(run_dir: Path, default: float) -> float:
+    """A resumed run keeps the budget its ledger started with."""
+    ledger = run_dir / "ledger.json"
+    return json.loads(ledger.read_text())["budget_s"] if ledger.is_file() else default
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The budget ledger: wall-clock time of every attempt of a run, by phase, kept in the run folder.
+
+The clock starts when the process starts (model download, loading and data preparation count).
+The ledger is rewritten atomically about once a second, so even a `kill -9` loses at most that
+much, and `--resume` continues the same budget instead of restarting the clock.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def process_start() -> float:
+    """time.monotonic() value of this process's start (Linux /proc), else of now."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_ticks = int(stat[19])  # field 22: start time in clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        age = uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+        return time.monotonic() - max(age, 0.0)
+    except (OSError, ValueError, IndexError):
+        return time.monotonic()
+
+
+class Ledger:
+    def __init__(self, path: Path, budget_s: float, started: float, resume: bool) -> None:
+        self.path = path
+        self.started = started
+        self._lock = threading.Lock()
+        previous = json.loads(path.read_text()) if resume and path.exists() else {}
+        if previous and abs(previous["budget_s"] - budget_s) > 1e-6:
+            raise ValueError(
+                f"this run's budget is {previous['budget_s']:.0f}s; a resumed run continues that budget "
+                f"(leave --budget out or pass the same value), not {budget_s:.0f}s")
+        self.budget_s = budget_s
+        self.attempts: list[dict] = previous.get("attempts", [])
+        self.train_origin_s: float | None = previous.get("train_origin_s")
+        self.current = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        "seconds": 0.0, "phases": {}, "end": "running"}
+        self.attempts.append(self.current)
+        self.used_before = sum(a["seconds"] for a in self.attempts[:-1])
+
+    def elapsed(self) -> float:
+        """Seconds of this attempt so far."""
+        return time.monotonic() - self.started
+
+    def used(self) -> float:
+        """Seconds of the budget used, all attempts together."""
+        return self.used_before + self.elapsed()
+
+    def left(self) -> float:
+        return self.budget_s - self.used()
+
+    def add(self, phase: str, seconds: float) -> None:
+        with self._lock:
+            phases = self.current["phases"]
+            phases[phase] = phases.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - t0)
+
+    def mark_train_origin(self) -> None:
+        """Remember (once per run) how much budget was used when training first began."""
+        if self.train_origin_s is None:
+            self.train_origin_s = self.used()
+
+    def totals(self) -> dict[str, float]:
+        """Seconds by phase over all attempts."""
+        out: dict[str, float] = {}
+        for attempt in self.attempts:
+            for name, seconds in attempt["phases"].items():
+                out[name] = out.get(name, 0.0) + seconds
+        return out
+
+    def flush(self, end: str | None = None) -> None:
+        with self._lock:
+            self.current["seconds"] = round(self.elapsed(), 3)
+            if end:
+                self.current["end"] = end
+            doc = {"budget_s": self.budget_s, "train_origin_s": self.train_origin_s, "attempts": self.attempts,
+                   "used_s": round(self.used(), 3)}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, self.path)

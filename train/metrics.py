@@ -1,0 +1,70 @@
+"""Per-step metrics: metrics.jsonl in the run folder, a progress bar, and optional TensorBoard / W&B."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from train.recipe import Recipe
+
+
+def peak_memory_mib() -> float:
+    """Peak CUDA memory allocated, or this process's peak resident memory on the CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, recipe: Recipe, window_s: float) -> None:
+        self.file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self.every = recipe.log.every_steps
+        self.bar = tqdm(total=round(window_s), unit="s", file=sys.stderr, dynamic_ncols=True,
+                        bar_format="train {percentage:3.0f}%|{bar}| {desc}")
+        self.sinks = []
+        if recipe.log.tensorboard:
+            self._add_tensorboard(run_dir)
+        if recipe.log.wandb:
+            self._add_wandb(run_dir, recipe)
+
+    def _add_tensorboard(self, run_dir: Path) -> None:
+        if importlib.util.find_spec("tensorboard") is None:
+            print("log.tensorboard: tensorboard is not installed (pip install '.[logging]'); skipping",
+                  file=sys.stderr)
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.sinks.append(lambda row: [writer.add_scalar(k, v, row["step"]) for k, v in row.items()
+                                       if k != "step" and isinstance(v, (int, float))])
+
+    def _add_wandb(self, run_dir: Path, recipe: Recipe) -> None:
+        if importlib.util.find_spec("wandb") is None:
+            print("log.wandb: wandb is not installed (pip install '.[logging]'); skipping", file=sys.stderr)
+            return
+        import wandb
+
+        os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_API_KEY") else "offline")
+        run = wandb.init(project=recipe.log.wandb_project, name=run_dir.name, dir=str(run_dir))
+        self.sinks.append(lambda row: run.log(row, step=row["step"]))
+
+    def log(self, row: dict, used_s: float, left_s: float) -> None:
+        self.bar.n = min(round(used_s), self.bar.total)
+        self.bar.set_description_str(
+            f"step {row['step']} loss {row['loss']:.4f} {row['tokens_per_s']:.0f} tok/s {left_s:.0f}s left")
+        if row["step"] % self.every:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for sink in self.sinks:
+            sink(row)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.file.close()

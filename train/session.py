@@ -1,0 +1,190 @@
+"""One training run from start to summary: limits, run folder, ledger, watchdog, load, data, loop, save.
+
+Run folder (`--output-dir`, default runs/<recipe name>):
+  recipe.toml      the resolved recipe (every default filled in)
+  adapter/         the latest complete PEFT adapter (PeftModel.from_pretrained loads it)
+  checkpoints/     step-NNNNNNN/ with adapter, optimizer, RNG and data position, for --resume
+  metrics.jsonl    one line per step: step, loss, lr, tokens/s, step time, peak memory
+  ledger.json      time used by every attempt, by phase
+  summary.json     how the run ended, and where the budget went
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from train.checkpoint import (checkpoint_dirs, load_checkpoint, publish_lock, recover_adapter,
+                              save_checkpoint, save_final_adapter)
+from train.ledger import Ledger
+from train.loop import LoopState, run_loop
+from train.recipe import Recipe, dump_recipe, load_recipe
+from train.watchdog import EXIT_OK, EXIT_SIGNAL, Watchdog
+
+
+@dataclass
+class Limits:
+    """What the command line and budget.toml decided for this run."""
+    track: str
+    budget_s: float
+    margin_s: float
+    save_reserve_s: float
+    checkpoint_every_s: float
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def choose_run_dir(recipe: Recipe, output_dir: str | None) -> Path:
+    """--output-dir as given (must be new or empty), else runs/<name>, runs/<name>-2, ...: an earlier
+    run's folder is never reused without --resume."""
+    if output_dir:
+        path = Path(output_dir)
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"output folder {path} already holds a run: use --resume to continue it, "
+                             "or choose another --output-dir")
+        return path
+    base = Path("runs") / recipe.name
+    path, n = base, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = base.with_name(f"{recipe.name}-{n}")
+    return path
+
+
+def resume_recipe(run_dir: Path) -> Recipe:
+    if not (run_dir / "recipe.toml").is_file():
+        raise ValueError(f"--resume: {run_dir} holds no run (no recipe.toml)")
+    return load_recipe(run_dir / "recipe.toml")
+
+
+class TrainingRun:
+    def __init__(self, recipe: Recipe, run_dir: Path, limits: Limits, started: float, resume: bool) -> None:
+        self.recipe, self.run_dir, self.limits, self.resume = recipe, run_dir, limits, resume
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            recover_adapter(run_dir)
+        else:
+            (run_dir / "recipe.toml").write_text(dump_recipe(recipe))
+        self.ledger = Ledger(run_dir / "ledger.json", limits.budget_s, started, resume)
+        self.ledger.add("startup", self.ledger.elapsed())  # interpreter start and imports
+        self.watchdog = Watchdog(self.ledger, limits.margin_s, limits.save_reserve_s, self.hard_stop)
+        self.state = LoopState()
+        self.model = self.optimizer = self.metrics = None
+        self.last_checkpoint = time.monotonic()
+
+    # -- ending ---------------------------------------------------------------------------------
+    def summary(self, reason: str, exit_code: int) -> dict:
+        totals = self.ledger.totals()
+        used = self.ledger.used()
+        return {
+            "stop_reason": reason, "exit_code": exit_code, "track": self.limits.track,
+            "budget_s": round(self.limits.budget_s, 3), "used_s": round(used, 3),
+            "overshoot_s": round(max(0.0, used - self.limits.budget_s), 3),
+            "attempts": len(self.ledger.attempts), "steps": self.state.step, "tokens": self.state.tokens,
+            "last_loss": self.state.loss, "phases_s": {k: round(v, 3) for k, v in totals.items()},
+            "train_share": round(totals.get("train", 0.0) / self.limits.budget_s, 4),
+            "adapter": str(self.run_dir / "adapter") if (self.run_dir / "adapter").exists() else None,
+        }
+
+    def write_summary(self, reason: str, exit_code: int) -> dict:
+        self.ledger.flush(end=reason)
+        summary = self.summary(reason, exit_code)
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def hard_stop(self, reason: str, exit_code: int) -> None:
+        """Called from the watchdog or signal thread: end now, keeping the last published adapter."""
+        publish_lock.acquire(timeout=max(0.0, self.ledger.left() - 0.3))
+        summary = self.write_summary(f"hard_stop:{reason}", exit_code)
+        say(f"\nHARD STOP ({reason}): the adapter of the last complete checkpoint is the result: {summary['adapter']}")
+        os._exit(exit_code)
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        from train import data, model as model_lib
+
+        self.watchdog.start()
+        say(f"run folder  {self.run_dir}\nbudget      {self.limits.budget_s:.0f}s on track {self.limits.track}, "
+            f"{self.ledger.left():.0f}s left" + (f" after {len(self.ledger.attempts) - 1} earlier attempt(s)"
+                                               if self.resume else ""))
+        with self.ledger.phase("load"):
+            tokenizer = model_lib.load_tokenizer(self.recipe.model.base)
+            self.model = model_lib.load_model(self.recipe)
+            self.optimizer = model_lib.make_optimizer(self.recipe, self.model)
+        if self.watchdog.stop.is_set():
+            return self.end("stopped before training", EXIT_SIGNAL)
+        with self.ledger.phase("data"):
+            batches = data.make_batches(self.recipe, tokenizer)
+        tokens, slots = batches.token_stats()
+        say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
+            f"{batches.per_epoch} batches/epoch; " + ("packing" if batches.packed else "pad-to-longest")
+            + f" efficiency {tokens / slots:.1%} (non-pad tokens / token slots)")
+        if self.resume and checkpoint_dirs(self.run_dir):
+            with self.ledger.phase("load"):
+                last = checkpoint_dirs(self.run_dir)[-1]
+                saved = load_checkpoint(last, self.model, self.optimizer)
+                self.state = LoopState(saved["step"], saved["position"], saved["tokens"], saved["loss"])
+            say(f"resumed     from {last.name} (step {self.state.step})")
+        self.ledger.mark_train_origin()
+        from train.metrics import MetricsLog
+
+        self.metrics = MetricsLog(self.run_dir, self.recipe, self.limits.budget_s)
+        try:
+            reason = run_loop(self.recipe, self.model, self.optimizer, batches, self.state,
+                              should_stop=self.watchdog.stop.is_set, time_progress=self.time_progress,
+                              on_step=self.after_step)
+        finally:
+            self.metrics.close()
+        if reason == "stop_requested":
+            reason = self.watchdog.reason or "budget"
+        if reason == "signal":
+            with self.ledger.phase("checkpoint"):
+                save_checkpoint(self.run_dir, self.model, self.optimizer, self.checkpoint_state())
+        with self.ledger.phase("final_save"):
+            save_final_adapter(self.run_dir, self.model)
+        return self.end(reason, EXIT_SIGNAL if reason == "signal" else EXIT_OK)
+
+    def end(self, reason: str, exit_code: int) -> int:
+        self.watchdog.finish()
+        summary = self.write_summary(reason, exit_code)
+        phases = summary["phases_s"]
+        say(f"\nstopped     {reason} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
+            f"last loss {summary['last_loss']:.4f}")
+        say(f"budget      used {summary['used_s']:.1f}s of {summary['budget_s']:.0f}s "
+            f"(overshoot {summary['overshoot_s']:.1f}s) over {summary['attempts']} attempt(s); "
+            f"training {summary['train_share']:.1%}")
+        say("phases      " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+        say(f"adapter     {summary['adapter']}")
+        return exit_code
+
+    def time_progress(self) -> float:
+        """Share of the training window used: from the first training step to the point where the
+        watchdog will ask to stop."""
+        origin = self.ledger.train_origin_s or 0.0
+        window = self.limits.budget_s - self.watchdog.stop_lead_s() - origin
+        return (self.ledger.used() - origin) / window if window > 0 else 1.0
+
+    def checkpoint_state(self) -> dict:
+        return asdict(self.state)
+
+    def after_step(self, state: LoopState, lr: float, seconds: float, tokens_per_s: float) -> None:
+        from train.metrics import peak_memory_mib
+
+        self.ledger.add("train", seconds)
+        self.watchdog.note_step(seconds)
+        row = {"step": state.step, "loss": round(state.loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+               "step_time_s": round(seconds, 4), "peak_mem_mib": round(peak_memory_mib(), 1),
+               "used_s": round(self.ledger.used(), 3)}
+        self.metrics.log(row, self.ledger.used(), self.ledger.left())
+        due = time.monotonic() - self.last_checkpoint >= self.limits.checkpoint_every_s
+        if (state.step == 1 or due) and not self.watchdog.stop.is_set():
+            started = time.monotonic()
+            with self.ledger.phase("checkpoint"):
+                save_checkpoint(self.run_dir, self.model, self.optimizer, self.checkpoint_state())
+            self.watchdog.note_save(time.monotonic() - started)
+            self.last_checkpoint = time.monotonic()
