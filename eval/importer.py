@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from eval.scoring import metric_group
-from eval.store import DB_ENV, DEFAULT_DB, Result, Store, check_track, db_path
+from eval.store import DB_ENV, DEFAULT_DB, Result, Store, check_track
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display is needed, or wanted, on a server
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 
-from eval.scoring import SUITE_GROUPS, Ranking, groups  # noqa: E402
+from eval.scoring import SUITE_GROUPS, Ranking, groups
 
 CHART_LABEL_CHARS = 40  # entry names in the chart are cut to this length; the tables keep them whole
 
@@ -41,13 +41,13 @@ def as_json(rankings: list[Ranking]) -> str:
 def as_table(rankings: list[Ranking], suite: str) -> str:
     """A plain-text table, columns aligned, scores to three decimals."""
     header = ["rank", "entry", *columns(suite)]
-    body = [[str(place), r.entry, *(f"{scores(r)[c]:.3f}" for c in columns(suite))] for place, r in
-            enumerate(rankings, start=1)]
+    body = [[str(place), r.entry, *(f"{scores(r)[c]:.3f}" for c in columns(suite))]
+            for place, r in enumerate(rankings, start=1)]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(cell.ljust(w) if i == 1 else cell.rjust(w) for i, (cell, w) in
-                         enumerate(zip(cells, widths))).rstrip()
+    def line(cells: list[str]) -> str:  # entry names left-aligned, numbers right-aligned
+        padded = [cell.ljust(w) if i == 1 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths))]
+        return "  ".join(padded).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 

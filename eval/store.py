@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 DEFAULT_DB = Path("runs/leaderboard.sqlite")
@@ -90,7 +90,7 @@ class Store:
     def replace_entries(self, track: str, entries: Mapping[str, Iterable[Result]], source: str = "") -> None:
         """Like replace_entry for several entries at once, all in a single transaction."""
         track = check_track(track)
-        recorded_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        recorded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._transaction() as conn:
             for entry, results in entries.items():
                 if not isinstance(entry, str) or not entry.strip():
