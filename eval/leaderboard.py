@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
         track = check_track(args.track)
         rankings = rank(_pool_metrics(args, track), args.suite)
         title = f"Leaderboard: track {track}, suite {args.suite}, {len(rankings)} entries"
-        out = args.out if args.out is not None or args.format == "json" else DEFAULT_OUT
+        out = args.out or (DEFAULT_OUT if args.format == "table" else None)  # json: files only when asked
         written = report.write_reports(rankings, args.suite, out, title) if out is not None else []
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
