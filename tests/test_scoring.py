@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eval.scoring import (
     STAGE_WEIGHTS,
@@ -42,6 +44,20 @@ def test_three_way_tie_gives_one_third_of_a_win_in_all():
 def test_lower_is_better_metric_ranks_smaller_values_first():
     rates = win_rates({"a": 0.1, "b": 0.3, "c": 0.2}, higher_is_better=False)
     assert rates == {"a": 2 / 3, "b": 0.0, "c": 1 / 3}
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=3), st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0, 1),
+                       min_size=1, max_size=8))
+def test_win_rates_follow_the_values_and_stay_below_one(values):
+    rates = win_rates(values)
+    for a in values:
+        assert 0.0 <= rates[a] < 1.0
+        for b in values:
+            if values[a] > values[b]:
+                assert rates[a] > rates[b]
+            elif values[a] == values[b]:
+                assert rates[a] == rates[b]
+    assert win_rates(values, higher_is_better=False) == win_rates({k: -v for k, v in values.items()})
 
 
 def test_geometric_mean_floors_zeros_instead_of_zeroing():
