@@ -1,0 +1,404 @@
+"""The generation engine: one worker thread that serves every request with continuous batching.
+
+Requests queue up; the worker takes what arrived (waiting a few milliseconds when idle, so a
+burst becomes one batch), computes their prompts (reusing cached prefix states, see
+prefix_cache.py), and then decodes all running requests together, one token per step. A request
+joins the running batch as soon as its prompt is computed and leaves it the step it ends (EOS,
+stop sequence, token limit), so a 1-token multiple-choice answer never waits behind a 400-token
+generation. Rows of different lengths share one KV cache: shorter rows are padded on the left,
+the attention mask hides the padding, and each row carries its own positions, so a row computes
+the same values alone or batched (up to float rounding).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from submission.api import ProcessRequest
+from submission.decoding import Completion, Detokenizer, Sampler, TokenTexts, decode
+from submission.prefix_cache import KV, Entry, PrefixCache, common_prefix
+from submission.settings import Settings
+
+log = logging.getLogger("submission.engine")
+MAX_PREFILL_TOKENS = 8192  # rows x padded width of one prompt forward pass, to bound memory
+
+
+class InvalidRequest(ValueError):
+    """A request the model cannot serve; `field` names the request field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(eq=False)
+class Job:
+    ids: list[int]  # prompt token ids
+    max_new_tokens: int  # already capped to the room the context leaves
+    sampler: Sampler
+    top_k_per_token: int
+    echo: bool
+    completion: Completion
+    future: Future = field(default_factory=Future)
+    echoed: list[dict] = field(default_factory=list)  # prompt tokens, when echo_prompt
+    generated: int = 0
+    length: int = 0  # this row's tokens whose states are in the batch cache
+    last: int = -1  # the token to feed at the next step
+
+
+def kv_of(cache: DynamicCache) -> KV:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class Engine:
+    def __init__(self, model, tokenizer, settings: Settings):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.device = next(model.parameters()).device
+        model_context = getattr(model.config, "max_position_embeddings", None) or settings.context
+        self.context = min(settings.context, model_context)
+        self.vocab = len(tokenizer)
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos = set(eos) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+        self.special = set(tokenizer.all_special_ids)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.prefixes = PrefixCache(settings.prefix_cache_tokens)
+        self.texts = TokenTexts(tokenizer)
+        self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.rows: list[Job] = []  # requests being decoded; row i of the batch cache
+        self.cache = DynamicCache()
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        self.steps = 0
+        self.worker = threading.Thread(target=self._run, name="engine", daemon=True)
+        self.worker.start()
+
+    # ---- called from request threads -------------------------------------------------------
+
+    def encode(self, text: str, truncation: bool = False, max_length: int | None = None) -> list[int]:
+        """Token ids as the model sees them. Special-token text typed in the input ("<s>") stays
+        text, so decode(encode(x)) == x."""
+        return self.tokenizer(
+            text,
+            truncation=truncation,
+            max_length=max_length if truncation else None,
+            split_special_tokens=True,
+        ).input_ids
+
+    def decode(self, ids: list[int]) -> str:
+        bad = [i for i in ids if not 0 <= i < self.vocab]
+        if bad:
+            raise InvalidRequest("tokens", f"unknown token ids {bad[:5]}: ids run from 0 to {self.vocab - 1}")
+        return decode(self.tokenizer, ids)
+
+    def submit(self, request: ProcessRequest) -> Future:
+        """Queue a request; the future's result is the response body (without request_time)."""
+        limit = min(self.settings.max_top_k_per_token, self.vocab)
+        if request.top_k_per_token > limit:
+            raise InvalidRequest("top_k_per_token", f"top_k_per_token is {request.top_k_per_token}; at most {limit}")
+        if request.max_new_tokens > self.context:
+            raise InvalidRequest(
+                "max_new_tokens", f"max_new_tokens is {request.max_new_tokens}; the context holds {self.context} tokens"
+            )
+        ids = self.encode(request.prompt)
+        if not ids:
+            raise InvalidRequest("prompt", "the prompt encodes to no tokens (the tokenizer adds no BOS); send some text")
+        if len(ids) > self.context:
+            raise InvalidRequest("prompt", f"the prompt is {len(ids)} tokens; the context holds {self.context}")
+        stops = [s for s in request.stop_sequences or [] if s]
+        job = Job(
+            ids=ids,
+            # Documented truncation: generation ends where the context does.
+            max_new_tokens=min(request.max_new_tokens, self.context - len(ids)),
+            sampler=Sampler(request.temperature, request.top_k, request.top_p, request.seed),
+            top_k_per_token=request.top_k_per_token,
+            echo=bool(request.echo_prompt),
+            completion=Completion(Detokenizer(self.tokenizer, ids), stops),
+        )
+        if job.max_new_tokens == 0 and not job.echo:
+            job.future.set_result(self._result(job))
+        else:
+            self.queue.put(job)
+        return job.future
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.worker.join(timeout=30)
+
+    # ---- the worker thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                new = self._take()
+                if new is None:
+                    break
+                try:
+                    if new:
+                        self._admit(new)
+                    if self.rows:
+                        self._step()
+                except Exception as error:  # a bug must fail its requests, not stop the server
+                    log.exception("engine step failed")
+                    for job in new + self.rows:
+                        if not job.future.done():
+                            job.future.set_exception(error)
+                    self._set_batch([], [], self.mask[:0, :0])
+        while True:  # closing: nothing more will run
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                job.future.set_exception(RuntimeError("the server is shutting down"))
+
+    def _take(self) -> list[Job] | None:
+        """New requests, as many as the batch has room for; None when closing. An idle engine
+        blocks for the first and then waits batch_wait_ms for more."""
+        room = self.settings.max_batch - len(self.rows)
+        jobs: list[Job] = []
+        if room <= 0:
+            return jobs
+        if not self.rows:
+            first = self.queue.get()
+            if first is None:
+                return None
+            jobs.append(first)
+        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000 if not self.rows else 0.0
+        while len(jobs) < room:
+            wait = deadline - time.monotonic()
+            try:
+                job = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self.queue.put(None)  # close after serving what was taken
+                break
+            jobs.append(job)
+        return jobs
+
+    def _admit(self, jobs: list[Job]) -> None:
+        """Compute the prompts of new requests, choose their first tokens, and move the ones
+        that go on into the running batch."""
+        for group, entry, length in self._plan([job for job in jobs if not job.echo]):
+            kv, mask, logits = self._forward([job.ids for job in group], entry, length)
+            if entry is not None:
+                self.prefixes.touch(entry, length)
+            self._remember(group, kv, length, mask.shape[1] - length)
+            self._join(group, kv, mask, logits[:, -1])
+        for job in jobs:
+            if job.echo:  # needs every prompt position's logits: computed alone, uncached
+                kv, mask, logits = self._forward([job.ids], None, 0, all_logits=True)
+                self._echo(job, logits[0])
+                self._join([job], kv, mask, logits[:, -1])
+
+    def _plan(self, jobs: list[Job]) -> list[tuple[list[Job], Entry | None, int]]:
+        """Group requests by the cached prefix they extend. Prompts of this intake that share a
+        long prefix the cache lacks (a burst from one scenario) get it computed once, first."""
+        self._cache_shared_prefixes(jobs)
+        groups: dict[int, tuple[list[Job], Entry | None, int]] = {}
+        for job in jobs:
+            entry, length = self._cached(job.ids)
+            members, _, shortest = groups.get(id(entry), ([], entry, length))
+            groups[id(entry)] = (members + [job], entry, min(shortest, length))
+        planned = []
+        for members, entry, length in groups.values():
+            members.sort(key=lambda job: len(job.ids))
+            chunk: list[Job] = []
+            for job in members:  # similar lengths together: less padding
+                if chunk and (len(chunk) + 1) * (len(job.ids) - length) > MAX_PREFILL_TOKENS:
+                    planned.append((chunk, entry, length))
+                    chunk = []
+                chunk.append(job)
+            planned.append((chunk, entry, length))
+        return planned
+
+    def _cached(self, ids: list[int]) -> tuple[Entry | None, int]:
+        """The cached prefix to build on (at least one prompt token is left to compute)."""
+        entry, length = self.prefixes.lookup(torch.tensor(ids))
+        length = min(length, len(ids) - 1)
+        return (entry, length) if length >= self.settings.min_prefix else (None, 0)
+
+    def _cache_shared_prefixes(self, jobs: list[Job]) -> None:
+        misses = sorted((job.ids for job in jobs if self._cached(job.ids)[0] is None))
+        shared: set[tuple[int, ...]] = set()
+        for a, b in zip(misses, misses[1:]):  # in sorted order, neighbours share the longest prefixes
+            length = min(common_prefix(torch.tensor(a), torch.tensor(b)), len(a) - 1, len(b) - 1)
+            if length >= self.settings.min_prefix:
+                shared.add(tuple(a[:length]))
+        for prefix in sorted(shared, key=len):  # shorter first: longer ones build on them
+            ids = list(prefix)
+            entry, length = self._cached(ids)
+            kv, _, _ = self._forward([ids], entry, length)
+            self.prefixes.insert(torch.tensor(ids), kv)
+
+    def _remember(self, jobs: list[Job], kv: KV, length: int, width: int) -> None:
+        """Cache the prompts that the cache covered less than half of: they may start a new
+        scenario (or a longer few-shot variant) whose later requests will share them."""
+        for i, job in enumerate(jobs):
+            if length >= len(job.ids) / 2 or len(job.ids) < self.settings.min_prefix:
+                continue
+            own = len(job.ids) - length
+            columns = torch.cat([torch.arange(length), torch.arange(length + width - own, length + width)])
+            columns = columns.to(self.device)
+            self.prefixes.insert(torch.tensor(job.ids), [(k[i : i + 1, :, columns], v[i : i + 1, :, columns]) for k, v in kv])
+
+    def _forward(
+        self, prompts: list[list[int]], entry: Entry | None, length: int, all_logits: bool = False
+    ) -> tuple[KV, torch.Tensor, torch.Tensor]:
+        """Run prompts that share their first `length` tokens (cached in `entry`) through the model.
+        Their remaining tokens are padded on the left, so every row's last token is the last
+        column. Returns the states, the attention mask over them and the logits."""
+        n = len(prompts)
+        width = max(len(ids) - length for ids in prompts)
+        input_ids = torch.full((n, width), self.pad, dtype=torch.long)
+        positions = torch.zeros((n, width), dtype=torch.long)
+        mask = torch.zeros((n, length + width), dtype=torch.long)
+        mask[:, :length] = 1
+        for i, ids in enumerate(prompts):
+            own = len(ids) - length
+            input_ids[i, width - own :] = torch.tensor(ids[length:])
+            positions[i, width - own :] = torch.arange(length, len(ids))
+            mask[i, length + width - own :] = 1
+        if entry is None:
+            cache = DynamicCache()
+        else:
+            cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in entry.prefix(length)])
+        mask = mask.to(self.device)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask,
+            position_ids=positions.to(self.device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=0 if all_logits else 1,
+        )
+        return kv_of(out.cache), mask, out.logits
+
+    def _echo(self, job: Job, logits: torch.Tensor) -> None:
+        """The prompt's tokens with their log-probabilities. Leading special tokens (BOS) are left
+        out: their text is not in the prompt. Each token's log-probability is conditioned on the
+        tokens before it; a first token with nothing before it (no BOS) gets 0.0 and no top list."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        first = 0
+        while first < len(job.ids) - 1 and job.ids[first] in self.special:
+            first += 1
+        detokenizer = Detokenizer(self.tokenizer, job.ids[:first])
+        top_lp, top_ids = logprobs.topk(job.top_k_per_token, dim=-1)
+        for t in range(first, len(job.ids)):
+            token = {"text": detokenizer.push(job.ids[t]), "logprob": 0.0, "top_logprob": {}}
+            if t > 0:
+                token["logprob"] = float(logprobs[t - 1, job.ids[t]])
+                token["top_logprob"] = self.texts.top(top_ids[t - 1].tolist(), top_lp[t - 1].tolist())
+            job.echoed.append(token)
+        if job.echoed:
+            job.echoed[-1]["text"] += detokenizer.flush()
+
+    def _step(self) -> None:
+        """One decoding step for every running request."""
+        rows = self.rows
+        input_ids = torch.tensor([[job.last] for job in rows], device=self.device)
+        positions = torch.tensor([[job.length] for job in rows], device=self.device)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
+        out = self.model(
+            input_ids=input_ids, attention_mask=self.mask, position_ids=positions, cache=self.cache, use_cache=True
+        )
+        self.steps += 1
+        for job in rows:
+            job.length += 1
+        going = self._advance(rows, out.logits[:, -1])
+        if not all(going):
+            keep = [i for i, go in enumerate(going) if go]
+            self._set_batch([rows[i] for i in keep], [(k[keep], v[keep]) for k, v in kv_of(self.cache)], self.mask[keep])
+
+    def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[bool]:
+        """Choose each row's next token; finish the rows that end. True for rows that go on."""
+        logits = logits.float().cpu()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        top_lp, top_ids = logprobs.topk(max(job.top_k_per_token for job in jobs), dim=-1)
+        going = []
+        for i, job in enumerate(jobs):
+            done = job.generated >= job.max_new_tokens
+            if not done:
+                token = job.sampler.choose(logits[i])
+                done = token in self.eos
+            if not done:
+                k = job.top_k_per_token
+                top = self.texts.top(top_ids[i, :k].tolist(), top_lp[i, :k].tolist())
+                stopped = job.completion.add(token, float(logprobs[i, token]), top)
+                job.generated += 1
+                job.last = token
+                done = stopped or job.generated >= job.max_new_tokens
+            if done:
+                job.completion.finish()
+                job.future.set_result(self._result(job))
+            going.append(not done)
+        return going
+
+    def _join(self, jobs: list[Job], kv: KV, mask: torch.Tensor, logits: torch.Tensor) -> None:
+        """Choose the first tokens of freshly computed prompts; rows that go on join the batch,
+        the shorter side padded on the left."""
+        going = self._advance(jobs, logits)
+        keep = [i for i, go in enumerate(going) if go]
+        if not keep:
+            return
+        for i in keep:
+            jobs[i].length = len(jobs[i].ids)
+        kv = [(k[keep], v[keep]) for k, v in kv]
+        mask = mask[keep]
+        if self.rows:
+            width = max(mask.shape[1], self.mask.shape[1])
+            old = [(left_pad(k, width), left_pad(v, width)) for k, v in kv_of(self.cache)]
+            kv = [(torch.cat([ok, left_pad(k, width)]), torch.cat([ov, left_pad(v, width)])) for (ok, ov), (k, v) in zip(old, kv)]
+            mask = torch.cat([left_pad(self.mask, width), left_pad(mask, width)])
+        self._set_batch(self.rows + [jobs[i] for i in keep], kv, mask)
+
+    def _set_batch(self, rows: list[Job], kv: KV, mask: torch.Tensor) -> None:
+        """Install the running batch, dropping columns that no row attends to."""
+        if rows:
+            used = mask.any(dim=0)
+            if not bool(used.all()):
+                kv = [(k[:, :, used], v[:, :, used]) for k, v in kv]
+                mask = mask[:, used]
+        self.rows = rows
+        self.cache = DynamicCache(kv) if rows else DynamicCache()
+        self.mask = mask
+
+    def _result(self, job: Job) -> dict:
+        completion = job.completion
+        tokens = job.echoed + [
+            {"text": text, "logprob": logprob, "top_logprob": top}
+            for text, logprob, top in zip(completion.texts, completion.logprobs, completion.tops)
+        ]
+        text = "".join(token["text"] for token in job.echoed) + completion.text
+        return {"text": text, "tokens": tokens, "logprob": sum(token["logprob"] for token in tokens)}
+
+    def stats(self) -> dict:
+        return {
+            "running": len(self.rows),
+            "queued": self.queue.qsize(),
+            "decode_steps": self.steps,
+            "prefix_cache": {
+                "entries": len(self.prefixes.entries),
+                "tokens": self.prefixes.tokens,
+                "hits": self.prefixes.hits,
+                "reused_tokens": self.prefixes.reused_tokens,
+            },
+        }
+
+
+def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Zero-pad the token dimension (dim 2 of states, dim 1 of a mask) on the left to `width`."""
+    dim = 2 if t.dim() == 4 else 1
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

@@ -1,0 +1,108 @@
+"""The competition server: `uvicorn submission.main:app` (or `main:app` in the container).
+
+Handlers are plain functions, so FastAPI runs them in its thread pool: tokenizing and waiting for
+the engine never block the event loop, and the engine's worker thread batches whatever the 30
+client threads send. Settings come from HARNESS_* environment variables (see settings.py).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from submission.api import (
+    DecodeRequest,
+    DecodeResponse,
+    ProcessRequest,
+    ProcessResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from submission.engine import Engine, InvalidRequest
+from submission.loading import load
+from submission.settings import Settings
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+log = logging.getLogger("submission")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    settings = Settings.from_env()
+    model, tokenizer, quant = load(settings)
+    app.state.engine = Engine(model, tokenizer, settings)
+    app.state.info = {"model": settings.model, "adapter": settings.adapter, "quantization": quant}
+    log.info("serving %s", app.state.info)
+    yield
+    app.state.engine.close()
+
+
+app = FastAPI(title="LLM efficiency harness: competition server", lifespan=lifespan)
+
+
+@app.middleware("http")
+async def limit_body(request: Request, call_next):
+    """Refuse over-large bodies before reading them (and chunked ones while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        return too_large()
+    if declared is None and request.method == "POST":
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                return too_large()
+        request._body = body  # read once; the handler parses it from here
+    return await call_next(request)
+
+
+def too_large() -> JSONResponse:
+    message = f"the request body is over {MAX_BODY_BYTES} bytes"
+    return JSONResponse(status_code=413, content={"detail": [{"loc": ["body"], "msg": message, "type": "too_large"}]})
+
+
+@app.exception_handler(InvalidRequest)
+async def invalid_request(request: Request, error: InvalidRequest) -> JSONResponse:
+    detail = [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@app.exception_handler(RequestValidationError)
+async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, made safe to serialize whatever the body held (e.g. bytes that are not UTF-8)."""
+    detail = [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in error.errors()
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@app.get("/health")
+def health() -> dict:
+    engine: Engine = app.state.engine
+    return {"status": "ok", **app.state.info, "context": engine.context, **engine.stats()}
+
+
+@app.post("/process", response_model=ProcessResponse)
+def process(request: ProcessRequest) -> dict:
+    start = time.perf_counter()
+    result = app.state.engine.submit(request).result()
+    return {**result, "request_time": time.perf_counter() - start}
+
+
+@app.post("/tokenize", response_model=TokenizeResponse)
+def tokenize(request: TokenizeRequest) -> dict:
+    start = time.perf_counter()
+    tokens = app.state.engine.encode(request.text, request.truncation, request.max_length)
+    return {"tokens": tokens, "request_time": time.perf_counter() - start}
+
+
+@app.post("/decode", response_model=DecodeResponse)
+def decode(request: DecodeRequest) -> dict:
+    start = time.perf_counter()
+    text = app.state.engine.decode(request.tokens)
+    return {"text": text, "request_time": time.perf_counter() - start}

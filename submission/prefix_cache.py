@@ -1,0 +1,71 @@
+"""A bounded LRU cache of the KV states of prompt prefixes.
+
+Every request of one HELM scenario repeats the same instruction and in-context examples; with
+their keys and values cached, a request computes only its own question. Entries are looked up by
+the longest common token prefix, so one cached prompt serves every prompt that starts like it.
+Keys are cached after the rotary position embedding, so a prefix's states are valid for any
+continuation of it.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, tokens, dim]
+
+
+@dataclass
+class Entry:
+    ids: torch.Tensor  # 1-D token ids of the cached prefix
+    kv: KV  # batch of one
+
+    def prefix(self, length: int) -> KV:
+        """The states of the first `length` tokens (views: the entry stays unchanged)."""
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in self.kv]
+
+
+def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0]) if len(differ) else n
+
+
+class PrefixCache:
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[tuple[int, ...], Entry] = OrderedDict()
+        self.tokens = 0
+        self.hits = 0
+        self.reused_tokens = 0
+
+    def lookup(self, ids: torch.Tensor) -> tuple[Entry | None, int]:
+        """The entry sharing the longest prefix with `ids`, and that prefix's length."""
+        best, best_len = None, 0
+        for entry in self.entries.values():
+            length = common_prefix(entry.ids, ids)
+            if length > best_len:
+                best, best_len = entry, length
+        return best, best_len
+
+    def touch(self, entry: Entry, used: int) -> None:
+        """Record a use: the entry becomes the most recent."""
+        self.entries.move_to_end(tuple(entry.ids.tolist()))
+        self.hits += 1
+        self.reused_tokens += used
+
+    def insert(self, ids: torch.Tensor, kv: KV) -> Entry | None:
+        if len(ids) > self.max_tokens:
+            return None
+        key = tuple(ids.tolist())
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        entry = Entry(ids.clone(), kv)
+        self.entries[key] = entry
+        self.tokens += len(ids)
+        while self.tokens > self.max_tokens:
+            _, old = self.entries.popitem(last=False)
+            self.tokens -= len(old.ids)
+        return entry

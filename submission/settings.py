@@ -1,0 +1,50 @@
+"""Server settings: read from HARNESS_* environment variables (the container's way) and
+overridable by the flags of `python -m submission`."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "embedded:tiny-llama"  # HF hub id or local folder; the embedded id builds the tiny model
+    adapter: str | None = None  # PEFT adapter folder (the output of `python -m train`)
+    quant: str = "auto"  # auto: bf16 (or fp16) on a GPU, fp32 on a CPU
+    context: int = 2048  # prompt + generation limit (the competition's); capped by the model's own
+    max_batch: int = 32  # rows decoded together
+    batch_wait_ms: float = 5.0  # how long an idle engine waits to gather a batch
+    prefix_cache_tokens: int = 32768  # KV cache of shared prompt prefixes, in tokens
+    min_prefix: int = 32  # shorter shared prefixes are not worth caching
+    max_top_k_per_token: int = 100
+
+    def __post_init__(self) -> None:
+        if self.quant not in QUANTIZATIONS:
+            raise ValueError(f"quant must be one of {', '.join(QUANTIZATIONS)}, not {self.quant!r}")
+        for name in ("context", "max_batch", "min_prefix", "max_top_k_per_token"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.batch_wait_ms < 0 or self.prefix_cache_tokens < 0:
+            raise ValueError("batch_wait_ms and prefix_cache_tokens must not be negative")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Each field `x` is read from HARNESS_X when set (e.g. HARNESS_MODEL, HARNESS_QUANT)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            raw = environ.get(env_name(field.name))
+            if raw is None or raw == "":
+                continue
+            kind = type(field.default) if field.default is not None else str
+            try:
+                values[field.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{env_name(field.name)}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+
+def env_name(field: str) -> str:
+    return "HARNESS_" + field.upper()
