@@ -1,0 +1,195 @@
+"""An lm-eval model that evaluates a running server over the competition's HTTP API, like the judges.
+
+Each generation request becomes the body the organizers' HELM client sent (challenge.md §2): the
+prompt, a temperature of 1e-7 for greedy, one return sequence, max_new_tokens, top_p, top_k_per_token,
+the stop sequences and echo_prompt false. Like HELM, the prompt length is counted with the server's own
+tokenizer (POST /tokenize): when prompt + max_new_tokens exceeds the context window, in-context
+examples are dropped from the end, and as a last resort the prompt is cut (/tokenize with truncation,
+then /decode). The completion is returned as the server sent it: the judges' client never cut it at a
+stop sequence, so neither does this one. Requests run on `concurrency` threads (30, like the judges).
+"""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+CONTEXT_WINDOW = 2048
+DEFAULT_CONCURRENCY = 30
+DEFAULT_TIMEOUT_S = 3000.0  # the judges' client allowed up to 3000 s
+
+
+class ServerError(RuntimeError):
+    """The server could not be reached, or answered something the competition API does not allow."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One generation request, and where it came from (for error messages)."""
+
+    index: int
+    task: str
+    doc_id: int
+    prompt: str
+    parts: dict | None  # the prompt's blocks (see eval.adapters.Prompt), when the task provides them
+    max_new_tokens: int
+    temperature: float
+    stop: tuple[str, ...]
+
+    def where(self) -> str:
+        return f"request {self.index} (task {self.task}, document {self.doc_id})"
+
+
+def process_body(prompt: str, max_new_tokens: int, temperature: float, stop: tuple[str, ...]) -> dict:
+    """The /process body the organizers' HELM client sends (including the keys the API ignores)."""
+    return {
+        "prompt": prompt,
+        "temperature": temperature if temperature > 0 else 1e-7,
+        "num_return_sequences": 1,
+        "max_new_tokens": max_new_tokens,
+        "top_p": 1,
+        "echo_prompt": False,
+        "top_k_per_token": 1,
+        "stop_sequences": list(stop),
+    }
+
+
+def _check(body: object, fields: dict[str, type | tuple[type, ...]], what: str) -> dict:
+    if not isinstance(body, dict):
+        raise ServerError(f"{what} answered JSON that is not an object: {str(body)[:200]}")
+    for name, kind in fields.items():
+        if name not in body:
+            raise ServerError(f"{what} answered JSON without the field {name!r} (got {sorted(body)})")
+        if not isinstance(body[name], kind) or isinstance(body[name], bool) and kind is not bool:
+            raise ServerError(
+                f"{what} answered field {name!r} of type {type(body[name]).__name__}: {str(body[name])[:100]}"
+            )
+    return body
+
+
+def check_process(body: object, what: str) -> str:
+    """The completion text, after checking every key the judges' client required."""
+    body = _check(body, {"text": str, "tokens": list, "logprob": (int, float), "request_time": (int, float)}, what)
+    for i, token in enumerate(body["tokens"]):
+        _check(token, {"text": str, "logprob": (int, float), "top_logprob": dict}, f"{what}: tokens[{i}]")
+    return body["text"]
+
+
+class Server:
+    """The three endpoints, with errors that name the request and the field."""
+
+    def __init__(self, base_url: str, timeout_s: float = DEFAULT_TIMEOUT_S, concurrency: int = DEFAULT_CONCURRENCY):
+        self.base_url = base_url.rstrip("/")
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self.http = httpx.Client(timeout=timeout_s, limits=limits)
+
+    def post(self, endpoint: str, body: dict, what: str) -> object:
+        url = f"{self.base_url}{endpoint}"
+        what = f"{what}: POST {url}"
+        try:
+            response = self.http.post(url, json=body)
+        except httpx.TransportError as exc:
+            raise ServerError(f"{what}: server unreachable ({type(exc).__name__}: {exc})") from exc
+        if response.status_code != 200:
+            raise ServerError(f"{what} answered HTTP {response.status_code}: {response.text[:300]}")
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ServerError(f"{what} answered malformed JSON ({exc}): {response.text[:200]!r}") from exc
+
+    def count_tokens(self, text: str, what: str) -> int:
+        body = self.post("/tokenize", {"text": text, "truncation": False, "max_length": CONTEXT_WINDOW}, what)
+        return len(_check(body, {"tokens": list}, f"{what}: POST /tokenize")["tokens"])
+
+    def truncate(self, text: str, max_length: int, what: str) -> str:
+        body = self.post("/tokenize", {"text": text, "truncation": True, "max_length": max_length}, what)
+        tokens = _check(body, {"tokens": list}, f"{what}: POST /tokenize")["tokens"]
+        decoded = self.post("/decode", {"tokens": tokens}, what)
+        return _check(decoded, {"text": str}, f"{what}: POST /decode")["text"]
+
+    def fit(self, call: Call) -> str:
+        """HELM's rule: drop in-context examples (last first) until prompt + completion fit, then cut."""
+        budget = CONTEXT_WINDOW - call.max_new_tokens
+        if call.parts is None:
+            candidates = [call.prompt]
+        else:
+            from eval.adapters import Prompt
+
+            prompt = Prompt(call.parts["instructions"], tuple(call.parts["train"]), call.parts["eval"],
+                            call.parts["instance_prefix"])
+            candidates = [prompt.with_train(k) for k in range(len(prompt.train), -1, -1)]
+        for text in candidates:
+            if self.count_tokens(text, call.where()) <= budget:
+                return text
+        return self.truncate(candidates[-1], budget, call.where())
+
+    def generate(self, call: Call) -> str:
+        prompt = self.fit(call)
+        body = process_body(prompt, call.max_new_tokens, call.temperature, call.stop)
+        return check_process(self.post("/process", body, call.where()), f"{call.where()}: POST /process")
+
+
+@register_model("challenge-api")
+class ChallengeAPI(LM):
+    """lm-eval model arguments: base_url (required), concurrency (30), timeout_s (3000)."""
+
+    def __init__(self, base_url: str, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 progress: bool = True):
+        super().__init__()
+        if int(concurrency) < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.concurrency = int(concurrency)
+        self.server = Server(base_url, float(timeout_s), self.concurrency)
+        self.progress = progress
+        self.seconds = 0.0  # wall time spent generating, summed over calls
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        calls = [self._call(i, r) for i, r in enumerate(requests)]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            bar = tqdm(total=len(calls), desc=f"requests to {self.server.base_url}",
+                       disable=disable_tqdm or not self.progress)
+            futures = [pool.submit(self.server.generate, c) for c in calls]
+            results = []
+            try:
+                for future in futures:
+                    results.append(future.result())
+                    bar.update(1)
+            finally:
+                for future in futures:
+                    future.cancel()
+                bar.close()
+        self.seconds += time.perf_counter() - start
+        return results
+
+    @staticmethod
+    def _call(index: int, request) -> Call:
+        context, gen_kwargs = request.args
+        until = gen_kwargs.get("until") or []
+        doc = request.doc if isinstance(request.doc, dict) else {}
+        return Call(
+            index=index,
+            task=str(request.task_name),
+            doc_id=int(request.doc_id) if request.doc_id is not None else -1,
+            prompt=context,
+            # The context must still be this document's prompt for its blocks to stand for it.
+            parts=json.loads(doc["prompt_parts"]) if "prompt_parts" in doc and doc.get("prompt") == context else None,
+            max_new_tokens=int(gen_kwargs.get("max_gen_toks", 256)),
+            temperature=float(gen_kwargs.get("temperature", 0.0)),
+            stop=(until,) if isinstance(until, str) else tuple(until),
+        )
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(
+            "the competition API serves generation only: challenge-api runs generate_until tasks (HELM's "
+            "multiple-choice-joint asks for one generated letter), not loglikelihood ones"
+        )
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("the competition API has no rolling loglikelihood; use generate_until tasks")

@@ -1,0 +1,172 @@
+"""`python -m eval run`: evaluate one entry (a server, or a local model) on a suite of scenarios.
+
+For each scenario: write its lm-eval tasks (YAML + JSONL documents) under `--out/tasks/<scenario>`,
+run them with lm-eval, write lm-eval's results to `--out/<scenario>.json` (the per-instance samples
+beside it), and reduce the per-task scores to the HELM metrics (the mean over a scenario's tasks, e.g.
+over MMLU's subjects). The entry's rows in the results database are replaced in one transaction at the
+end with every scenario that finished, so a failure midway keeps what finished and says what failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from eval.scenarios import SCENARIOS, SUITES, MissingData, Scenario, TaskSpec, suite, write_task
+
+# The lm-eval metric each scoring template reports.
+SCORE_KEYS = {"exact_match": "em", "final_token": "em", "rouge2": "rouge2", "math_equiv": "equiv"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--server", metavar="URL", help="a server speaking the competition API")
+    target.add_argument("--model", metavar="PATH", help="a local HF model folder, hub id or embedded:tiny-llama")
+    parser.add_argument("--adapter", metavar="DIR", help="PEFT adapter merged into --model")
+    parser.add_argument("--name", required=True, metavar="ENTRY", help="the entry's name in the results database")
+    parser.add_argument("--suite", choices=SUITES, default="quick", help="which scenarios (default: quick)")
+    parser.add_argument("--scenarios", metavar="A,B", help="only these scenarios of the suite")
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N instances per lm-eval task")
+    parser.add_argument("--budget", action="append", default=[], metavar="SCENARIO=N",
+                        help="evaluation instances of a scenario over all its tasks (default: the judges')")
+    parser.add_argument("--concurrency", type=int, default=30, help="concurrent requests to --server (30)")
+    parser.add_argument("--batch-size", type=int, default=8, help="generation batch size for --model")
+    parser.add_argument("--db", metavar="PATH", help="results database (default $HARNESS_DB or runs/leaderboard.sqlite)")
+    parser.add_argument("--track", default="local", help="leaderboard track of the entry (default: local)")
+    parser.add_argument("--out", metavar="DIR", help="where lm-eval's results go (default runs/eval/<ENTRY>)")
+    parser.add_argument("--data", metavar="DIR", help="scenario data root (default $HARNESS_CACHE/eval-data)")
+
+
+def select(args: argparse.Namespace) -> tuple[list[Scenario], dict[str, int]]:
+    chosen = suite(args.suite)
+    if args.scenarios:
+        wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        unknown = [w for w in wanted if w not in SCENARIOS]
+        if unknown:
+            raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+        chosen = [SCENARIOS[w] for w in wanted]
+    budgets = {s.name: s.budget for s in chosen}
+    for item in args.budget:
+        name, _, count = item.partition("=")
+        if name not in budgets or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--budget {item!r}: expected SCENARIO=N with a positive N and one of {sorted(budgets)}")
+        budgets[name] = int(count)
+    return chosen, budgets
+
+
+def make_model(args: argparse.Namespace):
+    if args.server:
+        from eval.client import ChallengeAPI
+
+        return ChallengeAPI(base_url=args.server, concurrency=args.concurrency)
+    from eval.local import load_local
+
+    return load_local(args.model, args.adapter, batch_size=args.batch_size)
+
+
+def evaluate(lm, specs: list[TaskSpec], task_dir: Path, limit: int | None) -> dict:
+    """Run lm-eval on the written tasks; its results dict (with the per-instance samples)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    if task_dir.exists():
+        shutil.rmtree(task_dir)  # stale tasks from an earlier run would be indexed too
+    for spec in specs:
+        write_task(spec, task_dir)
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=[s.name for s in specs], task_manager=manager, limit=limit,
+        bootstrap_iters=0, log_samples=True,
+    )
+
+
+def helm_metrics(scenario: str, specs: list[TaskSpec], output: dict, seconds: float):
+    """A scenario's HELM metrics: each the mean of its tasks' scores (HELM averages over subjects/runs)."""
+    from eval.store import Result
+
+    scores: dict[str, list[float]] = defaultdict(list)
+    counts: dict[str, int] = defaultdict(int)
+    for spec in specs:
+        task = output["results"][spec.name]
+        scores[spec.metric].append(float(task[f"{SCORE_KEYS[spec.scoring]},none"]))
+        counts[spec.metric] += int(output["n-samples"][spec.name]["effective"])
+    return [Result(scenario, m, sum(v) / len(v), counts[m], seconds) for m, v in scores.items()]
+
+
+def write_output(output: dict, out: Path, scenario: str) -> Path:
+    from lm_eval.utils import handle_non_serializable
+
+    out.mkdir(parents=True, exist_ok=True)
+    samples = output.pop("samples", {})
+    with open(out / f"{scenario}_samples.jsonl", "w", encoding="utf-8") as f:
+        for task, rows in samples.items():
+            for row in rows:
+                f.write(json.dumps({"task": task, **row}, default=handle_non_serializable) + "\n")
+    path = out / f"{scenario}.json"
+    path.write_text(json.dumps(output, indent=2, default=handle_non_serializable), encoding="utf-8")
+    return path
+
+
+def run_scenario(lm, scenario: Scenario, budget: int, data: Path, out: Path, limit: int | None):
+    specs = [s for s in scenario.build(data, budget) if s.test]
+    if not specs:
+        raise MissingData(f"{scenario.name}: no evaluation instances")
+    start = time.perf_counter()
+    output = evaluate(lm, specs, out / "tasks" / scenario.name, limit)
+    seconds = time.perf_counter() - start
+    results = helm_metrics(scenario.name, specs, output, seconds)
+    path = write_output(output, out, scenario.name)
+    return results, path
+
+
+def quiet_lm_eval() -> None:
+    """lm-eval logs every task at INFO and warns about our (intended) callable dataset loader."""
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval.api.task").addFilter(lambda record: "Custom kwargs" not in record.getMessage())
+
+
+def main(args: argparse.Namespace) -> int:
+    from eval.store import Store, check_track
+    from train.tiny import cache_root
+
+    try:
+        track = check_track(args.track)
+        scenarios, budgets = select(args)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    quiet_lm_eval()
+    data = Path(args.data) if args.data else cache_root() / "eval-data"
+    out = Path(args.out) if args.out else Path("runs") / "eval" / args.name
+    lm = make_model(args)
+    finished, skipped, failed = [], [], None
+    try:
+        for i, scenario in enumerate(scenarios, 1):
+            print(f"[{i}/{len(scenarios)}] {scenario.name} (budget {budgets[scenario.name]} instances)", flush=True)
+            try:
+                results, path = run_scenario(lm, scenario, budgets[scenario.name], data, out, args.limit)
+            except MissingData as exc:
+                skipped.append(scenario.name)
+                print(f"  skipped: {exc}", flush=True)
+                continue
+            finished.extend(results)
+            for r in results:
+                print(f"  {r.metric}: {r.value:.4f} ({r.instances} instances, {r.seconds:.1f} s)", flush=True)
+            print(f"  lm-eval results: {path}", flush=True)
+    except Exception as exc:  # any failure: keep the finished scenarios, name the one that failed
+        failed = f"{scenario.name}: {type(exc).__name__}: {exc}"
+    finally:
+        if finished:
+            store = Store(args.db)
+            store.replace_entry(args.name, track, finished, source=args.server or args.model)
+            print(f"recorded {len(finished)} metrics of {args.name!r} (track {track}) in {store.path}")
+    if skipped:
+        print(f"skipped for lack of data: {', '.join(skipped)} (see docs/eval.md; `python -m eval data`)")
+    if failed:
+        print(f"error: scenario {failed}")
+        return 1
+    return 0 if finished else 1
