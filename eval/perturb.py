@@ -25,7 +25,7 @@ TYPO_RATE = 0.05
 DIALECT = {
     "the": "da", "this": "dis", "that": "dat", "these": "dese", "those": "dose", "they": "dey",
     "them": "dem", "their": "they", "with": "wit", "going to": "gonna", "want to": "wanna",
-    "nothing": "nothin", "something": "somethin", "about": "bout", "because": "cuz", "brother": "brotha",
+    "nothing": "nothin", "something": "somethin", "about": "bout", "because": "cuz",
 }
 PRONOUNS = {
     "he": "she", "she": "he", "him": "her", "his": "her", "her": "his", "himself": "herself",
