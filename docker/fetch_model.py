@@ -1,0 +1,94 @@
+"""Put the served base model and adapter in /models at image build time.
+
+The Dockerfile's MODEL and ADAPTER build arguments arrive as environment variables. Each is one of
+  org/name[@revision]   a Hugging Face hub repository, downloaded here (the running container
+                        never needs the network);
+  ./path                a folder of the build context (e.g. ./runs/<name>/adapter, or a gated
+                        model downloaded on the host), used where it lies in /app;
+  embedded:tiny-llama   the harness's tiny model, built here (base model only);
+  empty                 no adapter (ADAPTER only).
+Two phases keep multi-GB downloads in a layer of their own: `hub` runs before the sources are
+copied and downloads hub ids; `local` runs after, places the other forms and checks both folders.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+MODELS = Path("/models")
+EMBEDDED_ID = "embedded:tiny-llama"
+# Weight formats the server never loads; .bin and .pt weights only where no safetensors exist.
+UNUSED = ["*.msgpack", "*.h5", "*.ot", "*.gguf", "*.onnx", "original/*", "consolidated*"]
+PICKLED = ["*.bin", "*.pt", "*.pth"]
+
+
+def kind_of(source: str) -> str:
+    """The form of a source: hub, context or embedded; anything else stops the build."""
+    if source == EMBEDDED_ID:
+        return "embedded"
+    if source.startswith("./"):
+        return "context"
+    if source.count("/") == 1 and ":" not in source and not source.startswith(("/", ".")):
+        return "hub"
+    sys.exit(f"fetch_model: {source!r} is neither org/name[@revision], ./a/folder nor {EMBEDDED_ID}")
+
+
+def download(source: str, dest: Path) -> None:
+    from huggingface_hub import list_repo_files, snapshot_download
+
+    repo_id, _, revision = source.partition("@")
+    revision = revision or None
+    files = list_repo_files(repo_id, revision=revision)
+    ignore = UNUSED + (PICKLED if any(f.endswith(".safetensors") for f in files) else [])
+    snapshot_download(repo_id, revision=revision, local_dir=dest, ignore_patterns=ignore)
+    shutil.rmtree(dest / ".cache", ignore_errors=True)  # the hub client's bookkeeping, not the model
+    print(f"fetch_model: {source} -> {dest}", flush=True)
+
+
+def place_local(source: str, dest: Path, what: str) -> None:
+    if kind_of(source) == "embedded":
+        if what != "base":
+            sys.exit(f"fetch_model: {EMBEDDED_ID} is a base model, not an adapter")
+        os.environ["HARNESS_CACHE"] = tempfile.mkdtemp()
+        from train.tiny import tiny_model_path
+
+        shutil.move(tiny_model_path(), dest)
+        print(f"fetch_model: built {EMBEDDED_ID} -> {dest}", flush=True)
+    else:
+        folder = (Path.cwd() / source).resolve()
+        if not folder.is_dir():
+            sys.exit(f"fetch_model: {what} {source!r} is not a folder of the build context "
+                     "(is it listed in .dockerignore's exceptions?)")
+        dest.symlink_to(folder)
+        print(f"fetch_model: {source} -> {dest} (in place)", flush=True)
+
+
+def check(dest: Path, marker: str, source: str) -> None:
+    if not (dest / marker).is_file():
+        sys.exit(f"fetch_model: {source!r} gave no {marker} in {dest}")
+
+
+def main(phase: str) -> None:
+    model, adapter = os.environ.get("MODEL", ""), os.environ.get("ADAPTER", "")
+    if not model:
+        sys.exit("fetch_model: the MODEL build argument is empty")
+    MODELS.mkdir(exist_ok=True)
+    wanted = [("base", model, "config.json")] + ([("adapter", adapter, "adapter_config.json")] if adapter else [])
+    for what, source, marker in wanted:
+        dest = MODELS / what
+        hub = kind_of(source) == "hub"
+        if phase == "hub" and hub:
+            download(source, dest)
+        elif phase == "local":
+            if not hub:
+                place_local(source, dest, what)
+            check(dest, marker, source)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in ("hub", "local"):
+        sys.exit("usage: fetch_model.py hub|local  (MODEL and ADAPTER from the environment)")
+    main(sys.argv[1])
