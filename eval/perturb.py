@@ -62,7 +62,7 @@ def lowercase(text: str) -> str:
 
 def _swap_words(text: str, table: dict[str, str], case_sensitive: bool = False) -> str:
     keys = sorted(table, key=len, reverse=True)
-    pattern = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")\b", 0 if case_sensitive else re.I)
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, keys)) + r")\b", 0 if case_sensitive else re.IGNORECASE)
 
     def replace(match: re.Match[str]) -> str:
         word = match.group(0)

@@ -104,8 +104,7 @@ def write_output(output: dict, out: Path, scenario: str) -> Path:
     samples = output.pop("samples", {})
     with open(out / f"{scenario}_samples.jsonl", "w", encoding="utf-8") as f:
         for task, rows in samples.items():
-            for row in rows:
-                f.write(json.dumps({"task": task, **row}, default=handle_non_serializable) + "\n")
+            f.writelines(json.dumps({"task": task, **row}, default=handle_non_serializable) + "\n" for row in rows)
     path = out / f"{scenario}.json"
     path.write_text(json.dumps(output, indent=2, default=handle_non_serializable), encoding="utf-8")
     return path
@@ -157,7 +156,7 @@ def main(args: argparse.Namespace) -> int:
             for r in results:
                 print(f"  {r.metric}: {r.value:.4f} ({r.instances} instances, {r.seconds:.1f} s)", flush=True)
             print(f"  lm-eval results: {path}", flush=True)
-    except Exception as exc:  # any failure: keep the finished scenarios, name the one that failed
+    except Exception as exc:  # noqa: BLE001 -- any failure: keep the finished scenarios, name the failing one
         failed = f"{scenario.name}: {type(exc).__name__}: {exc}"
     finally:
         if finished:

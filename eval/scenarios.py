@@ -86,7 +86,7 @@ def _field(row: dict, key: str, kind: type, where: str):
     if key not in row:
         raise ValueError(f"{where}: missing field {key!r} (has {sorted(row)})")
     if not isinstance(row[key], kind):
-        raise ValueError(f"{where}: field {key!r} must be {kind.__name__}, got {type(row[key]).__name__}")
+        raise TypeError(f"{where}: field {key!r} must be {kind.__name__}, got {type(row[key]).__name__}")
     return row[key]
 
 

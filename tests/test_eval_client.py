@@ -34,6 +34,8 @@ class Handler(BaseHTTPRequestHandler):
                 answer = {"tokens": tokens[: body["max_length"]] if body["truncation"] else tokens}
             elif self.path == "/decode":
                 answer = {"text": "d" * len(body["tokens"])}
+            elif callable(state["process"]):
+                answer = state["process"](body)
             else:  # the prompt "ok" always gets a good answer: errors must name the request that failed
                 answer = GOOD if body["prompt"] == "ok" else state["process"]
             raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
@@ -142,3 +144,28 @@ def test_concurrency_is_bounded_by_the_setting(server):
 def test_loglikelihood_is_refused_with_a_reason(server):
     with pytest.raises(NotImplementedError, match="generation only"):
         ChallengeAPI(url(server), progress=False).loglikelihood([])
+
+
+def test_run_keeps_finished_scenarios_when_a_later_one_fails(server, tmp_path, capsys):
+    """Multiple-choice prompts get good answers, question-answering ones a broken body: the run records
+    Quick MC, then stops at Quick QA naming the request and the field."""
+    import sqlite3
+
+    from eval.__main__ import main as cli
+
+    server.state["process"] = lambda body: GOOD if body["prompt"].startswith("Question:") else {"text": "7"}
+    db = tmp_path / "results.sqlite"
+    code = cli(["run", "--server", url(server), "--name", "partial", "--scenarios", "quick_mc,quick_qa,held_out",
+                "--limit", "2", "--db", str(db), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "error: scenario quick_qa: ServerError: request 0 (task quick_" in out
+    assert "answered JSON without the field 'tokens'" in out
+    with sqlite3.connect(db) as conn:
+        recorded = conn.execute("SELECT metric, value, instances FROM results WHERE entry = 'partial'").fetchall()
+    # The server always answered " C": each task scores the share of its first two golds that are C.
+    from eval.scenarios import SCENARIOS
+
+    specs = SCENARIOS["quick_mc"].build(tmp_path, 60)
+    expected = sum(sum(i.target() == "C" for i in s.test[:2]) / 2 for s in specs) / len(specs)
+    assert recorded == [("Quick MC - EM", pytest.approx(expected), 6)]

@@ -54,7 +54,7 @@ def test_mmlu_task_prompt_equals_helm_example_character_for_character(tmp_path):
     data.mkdir(parents=True)
     (data / "anatomy.train.jsonl").write_text(json.dumps(PLEURA) + "\n")
     (data / "anatomy.test.jsonl").write_text(json.dumps(ELBOW) + "\n")
-    base = [s for s in SCENARIOS["mmlu"].build(tmp_path / "data", 721) if s.name == "mmlu_anatomy"][0]
+    base = next(s for s in SCENARIOS["mmlu"].build(tmp_path / "data", 721) if s.name == "mmlu_anatomy")
 
     task = load_lm_eval_task(base, tmp_path / "tasks")
     (request,) = task.instances
