@@ -5,7 +5,8 @@
 First the organizers' health check, `POST /process {"prompt": "The capital of France is "}`,
 retried until it answers or --wait runs out (the judges try 10 times, 120 s apart); the seconds
 until it answered are printed as `healthy_after_s=...`. Then a request shaped like their HELM
-client's (all eight keys) and a /tokenize -> /decode round trip. Standard library only, so it runs
+client's (all eight keys), a /tokenize -> /decode round trip, and GET /health naming the
+adapter that was asked for. Standard library only, so it runs
 with any host Python. Exits non-zero naming the first broken promise.
 """
 from __future__ import annotations
@@ -47,6 +48,11 @@ def post(base: str, path: str, body: dict, timeout: float = 120) -> dict:
         return json.load(response)
 
 
+def get(base: str, path: str) -> dict:
+    with urllib.request.urlopen(base + path, timeout=30) as response:
+        return json.load(response)
+
+
 def wait_healthy(base: str, wait_s: float) -> tuple[float, dict]:
     """Retry the health check every half second until a 200; (seconds it took, the answer)."""
     start = time.monotonic()
@@ -84,6 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("base_url")
     parser.add_argument("--wait", type=float, default=300, help="seconds to wait for the first answer")
+    parser.add_argument("--adapter", default=None, help="the adapter GET /health must report (default: none)")
     args = parser.parse_args()
     base = args.base_url.rstrip("/")
     try:
@@ -95,10 +102,14 @@ def main() -> int:
         tokens = post(base, "/tokenize", {"text": JUDGES_REQUEST["prompt"]})["tokens"]
         if post(base, "/decode", {"tokens": tokens})["text"] != JUDGES_REQUEST["prompt"]:
             raise Broken("/decode of /tokenize is not the original text")
+        served = get(base, "/health").get("adapter")
+        if served != args.adapter:
+            raise Broken(f"GET /health reports adapter {served!r}, expected {args.adapter!r}")
     except (Broken, urllib.error.HTTPError) as err:
         print(f"check_api: FAIL: {err}", file=sys.stderr)
         return 1
-    print(f"check_api: ok: health check, judges' request ({answer['text']!r}), tokenize/decode round trip")
+    print(f"check_api: ok: health check, judges' request ({answer['text']!r}), tokenize/decode round trip,"
+          f" adapter {served}")
     return 0
 
 
