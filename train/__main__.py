@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_steps is not None:
             recipe.train.max_steps = args.max_steps
         budget_rules = rules.load_rules()
-        track = rules.choose_track(budget_rules, args.track, torch.cuda.is_available())
+        # A dry run only plans, so it may name a GPU track on a machine without one.
+        cuda_ok = torch.cuda.is_available() or (args.dry_run and args.track is not None)
+        track = rules.choose_track(budget_rules, args.track, cuda_ok)
         budget_s = rules.budget_seconds(track, args.budget)
         if args.resume and args.budget is None:
             budget_s = previous_budget(run_dir, budget_s)

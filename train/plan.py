@@ -105,7 +105,8 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
         lines.append("memory      unknown: the model's shape is not in the table and it is not a local folder")
         return "\n".join(lines)
     total = shape.linear_params() + shape.embedding_params()
-    lines.append(f"shape       {shape.model_type}: {total / 1e9:.2f}B parameters, "
+    size = f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.1f}M"
+    lines.append(f"shape       {shape.model_type}: {size} parameters, "
                  f"{lora_params(shape, recipe) / 1e6:.1f}M trainable (LoRA)")
     mem = memory_estimate_gib(shape, recipe)
     lines.append(f"memory      ~{sum(mem.values()):.1f} GiB (rough): "

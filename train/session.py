@@ -116,8 +116,8 @@ class TrainingRun:
             tokenizer = model_lib.load_tokenizer(self.recipe.model.base)
             self.model = model_lib.load_model(self.recipe)
             self.optimizer = model_lib.make_optimizer(self.recipe, self.model)
-        if self.watchdog.stop.is_set():
-            return self.end("stopped before training", EXIT_SIGNAL)
+        if self.watchdog.reason == "signal":
+            return self.end("signal before training", EXIT_SIGNAL)
         with self.ledger.phase("data"):
             batches = data.make_batches(self.recipe, tokenizer)
         tokens, slots = batches.token_stats()
@@ -130,6 +130,13 @@ class TrainingRun:
                 saved = load_checkpoint(last, self.model, self.optimizer)
                 self.state = LoopState(saved["step"], saved["position"], saved["tokens"], saved["loss"])
             say(f"resumed     from {last.name} (step {self.state.step})")
+        if not (self.run_dir / "adapter").exists():
+            # Publish the untrained adapter at once: the run has a servable result from here on, and
+            # the save's cost is measured before the watchdog must rely on it.
+            started = time.monotonic()
+            with self.ledger.phase("checkpoint"):
+                save_final_adapter(self.run_dir, self.model)
+            self.watchdog.note_save(time.monotonic() - started)
         self.ledger.mark_train_origin()
         from train.metrics import MetricsLog
 
@@ -142,7 +149,7 @@ class TrainingRun:
             self.metrics.close()
         if reason == "stop_requested":
             reason = self.watchdog.reason or "budget"
-        if reason == "signal":
+        if reason != "budget":  # no deadline pressure: leave a checkpoint that --resume can extend
             with self.ledger.phase("checkpoint"):
                 save_checkpoint(self.run_dir, self.model, self.optimizer, self.checkpoint_state())
         with self.ledger.phase("final_save"):
@@ -176,7 +183,8 @@ class TrainingRun:
         from train.metrics import peak_memory_mib
 
         self.ledger.add("train", seconds)
-        self.watchdog.note_step(seconds)
+        if state.step > 1 or self.resume:  # the first step also warms up kernels and allocators
+            self.watchdog.note_step(seconds)
         row = {"step": state.step, "loss": round(state.loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
                "step_time_s": round(seconds, 4), "peak_mem_mib": round(peak_memory_mib(), 1),
                "used_s": round(self.ledger.used(), 3)}

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_NAME = "tiny-llama-v1"
+TINY_NAME = "tiny-llama-v2"
 EMBEDDED_ID = "embedded:tiny-llama"
 VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]
@@ -85,7 +85,12 @@ def build_model(tokenizer, seed: int = 0):
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    # At the usual init (std 0.02) a frozen random output head caps every logit near 2-3, so no
+    # adapter could ever make a confident prediction; a wider head (std 0.2) gives LoRA room to learn.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.2)
+    return model
 
 
 def tiny_model_path(rebuild: bool = False) -> Path:

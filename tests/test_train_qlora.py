@@ -1,0 +1,99 @@
+"""Real QLoRA on the tiny model: 4-bit base layers, LoRA adapters, loss that falls; exact packing."""
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import pytest
+import torch
+import torch.nn.functional as F
+
+from train.data import IGNORE, collate, make_batches, pack, tokenize
+from train.loop import train_step
+from train.model import load_model, load_tokenizer, make_optimizer
+from train.recipe import parse_recipe
+
+DATA = [{"kind": "generated", "name": "mc_largest", "max_examples": 64},
+        {"kind": "generated", "name": "arith_qa", "max_examples": 64}]
+
+
+def recipe(**train):
+    return parse_recipe({"train": {"max_seq_len": 128, "micro_batch_size": 4, **train},
+                         "model": {"compute_dtype": "fp32"}, "data": DATA})
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model):
+    return load_tokenizer(str(tiny_model))
+
+
+def test_base_layers_are_nf4_and_only_lora_trains(tiny_model):
+    model = load_model(recipe())
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit)
+    assert q_proj.base_layer.weight.quant_type == "nf4"
+    assert q_proj.base_layer.weight.quant_state.nested  # double quantization
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    adapted = {n.split(".")[-4] for n in trainable if n.endswith("lora_A.default.weight")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_loss_falls_on_a_fixed_batch(tiny_model, tokenizer):
+    r = recipe(lr=3e-3, optimizer="paged_adamw_8bit")
+    torch.manual_seed(0)
+    model = load_model(r)
+    optimizer = make_optimizer(r, model)
+    batch = next(make_batches(r, tokenizer).from_position(0))
+    batch.pop("num_tokens")
+    losses = [train_step(model, optimizer, [batch], 3e-3, 1.0) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def per_token_losses(model, batch) -> list[torch.Tensor]:
+    """Loss of every labelled token, in order, for each row."""
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    out = []
+    for row_logits, row_labels in zip(logits, batch["labels"]):
+        shifted = row_labels[1:]
+        keep = shifted != IGNORE
+        out.append(F.cross_entropy(row_logits[:-1][keep].float(), shifted[keep], reduction="none"))
+    return out
+
+
+def test_packed_examples_score_as_if_alone(tiny_model, tokenizer):
+    r = recipe()
+    model = load_model(r).eval()
+    texts = [("Question: Which number is the largest?\nA. 3\nB. 9\nAnswer:", " B"),
+             ("Q: What is 2 plus 2?\nA:", " 4"), ("Q: Spell 'cat' backwards.\nA:", " tac")]
+    examples = [tokenize(tokenizer, p, c, 128, train_on_inputs=True) for p, c in texts]
+    rows = pack(examples, 128)
+    assert len(rows) == 1 and len(rows[0]) == 3
+    packed = per_token_losses(model, collate(rows, tokenizer.pad_token_id, packed=True, width=128))[0]
+    alone = torch.cat([per_token_losses(model, collate([[e]], tokenizer.pad_token_id, packed=True))[0]
+                       for e in examples])
+    assert packed.shape == alone.shape
+    torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_no_label_crosses_an_example_boundary(tokenizer):
+    examples = [tokenize(tokenizer, "Q: What is 1 plus 1?\nA:", " 2", 64, train_on_inputs=True) for _ in range(3)]
+    batch = collate(pack(examples, 64), tokenizer.pad_token_id, packed=True, width=64)
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) == 4  # three examples and the padding segment
+    assert all(batch["labels"][0, s] == IGNORE for s in starts)  # never predicted from the previous example
+    assert (batch["labels"][0, starts[-1]:] == IGNORE).all()  # padding carries no labels
+
+
+def test_response_only_loss_masks_the_prompt(tokenizer):
+    example = tokenize(tokenizer, "Q: What is 1 plus 1?\nA:", " 2", 64, train_on_inputs=False)
+    n_prompt = len(tokenizer("Q: What is 1 plus 1?\nA:")["input_ids"])
+    assert all(label == IGNORE for label in example.labels[:n_prompt])
+    assert example.labels[n_prompt:] == example.input_ids[n_prompt:]
+    assert example.input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_packing_beats_padding_on_the_bundled_data(tokenizer):
+    packed = make_batches(recipe(packing=True), tokenizer).token_stats()
+    padded = make_batches(recipe(packing=False), tokenizer).token_stats()
+    assert packed[0] == padded[0]  # the same tokens
+    assert packed[0] / packed[1] > 0.9 > padded[0] / padded[1]
