@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODELS = Path("/models")
+MODELS = Path(os.environ.get("MODELS_DIR", "/models"))  # where the image keeps them; tests move it
 EMBEDDED_ID = "embedded:tiny-llama"
 # Weight formats the server never loads; .bin and .pt weights only where no safetensors exist.
 UNUSED = ["*.msgpack", "*.h5", "*.ot", "*.gguf", "*.onnx", "original/*", "consolidated*"]
@@ -49,9 +49,8 @@ def download(source: str, dest: Path) -> None:
 
 
 def place_local(source: str, dest: Path, what: str) -> None:
+    """Build the embedded model into dest, or link dest to a folder of the build context."""
     if kind_of(source) == "embedded":
-        if what != "base":
-            sys.exit(f"fetch_model: {EMBEDDED_ID} is a base model, not an adapter")
         os.environ["HARNESS_CACHE"] = tempfile.mkdtemp()
         from train.tiny import tiny_model_path
 
@@ -75,11 +74,14 @@ def main(phase: str) -> None:
     model, adapter = os.environ.get("MODEL", ""), os.environ.get("ADAPTER", "")
     if not model:
         sys.exit("fetch_model: the MODEL build argument is empty")
-    MODELS.mkdir(exist_ok=True)
+    if adapter and kind_of(adapter) == "embedded":
+        sys.exit(f"fetch_model: {EMBEDDED_ID} is a base model, not an adapter")
     wanted = [("base", model, "config.json")] + ([("adapter", adapter, "adapter_config.json")] if adapter else [])
-    for what, source, marker in wanted:
+    kinds = [kind_of(source) for _, source, _ in wanted]  # every mistake stops the build before any work
+    MODELS.mkdir(parents=True, exist_ok=True)
+    for (what, source, marker), kind in zip(wanted, kinds):
         dest = MODELS / what
-        hub = kind_of(source) == "hub"
+        hub = kind == "hub"
         if phase == "hub" and hub:
             download(source, dest)
         elif phase == "local":
