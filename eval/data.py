@@ -6,6 +6,9 @@ everything else is deleted. pip cannot finish its own download of this package (
 direct-URL dependency, which pip refuses after unpacking it), so pip is run with `--no-clean` in a
 private temporary folder and the files are taken from the tree it unpacked; a tarball given with
 `--sdist` (or one pip did save) is read directly instead.
+
+Where a dataset hub is reachable, `--hub mmlu,gsm8k,...` also exports those datasets into the local
+JSONL layout (eval/hub.py); `--hub` alone skips the BIG-bench download.
 """
 from __future__ import annotations
 
@@ -29,6 +32,9 @@ BBQ_LITE = "bbq_lite_json"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dest", metavar="DIR", help="data root (default $HARNESS_CACHE/eval-data)")
     parser.add_argument("--sdist", metavar="FILE", help="use this bigbench-*.tar.gz instead of downloading it")
+    parser.add_argument("--hub", metavar="A,B",
+                        help="export these scenarios' datasets from the dataset hub (mmlu, truthful_qa, gsm8k, "
+                             "sam_sum, math) instead of fetching BIG-bench")
 
 
 def wanted(relative: str) -> bool:
@@ -88,6 +94,17 @@ def main(args: argparse.Namespace) -> int:
     from train.tiny import cache_root
 
     root = Path(args.dest) if args.dest else cache_root() / "eval-data"
+    if args.hub:
+        from eval.hub import export
+
+        try:
+            written = export([n.strip() for n in args.hub.split(",") if n.strip()], root)
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return 2
+        for name, count in written.items():
+            print(f"{name}: wrote {count} instances under {root / name}")
+        return 0
     dest = root / "bigbench"
     start = time.perf_counter()
     if args.sdist:

@@ -58,3 +58,31 @@ def test_reads_a_tree_pip_unpacked(tmp_path):
     copied = data.from_tree(tmp_path, tmp_path / "out")
     assert copied == ["bbq_lite_json/age_ambig/task.json", "emoji_movie/task.json"]
     assert (tmp_path / "out" / "emoji_movie" / "task.json").read_bytes() == task_json("emoji_movie", mc=False)
+
+
+def test_hub_export_writes_the_scenarios_local_schema(tmp_path):
+    """The exporters on rows shaped like the hub datasets' (this machine has no hub); the scenarios
+    then build their tasks from what was written."""
+    from eval.hub import export
+
+    hub = {
+        ("cais/mmlu", "all", "dev"): [{"subject": "anatomy", "question": "q?", "choices": ["a", "b", "c", "d"],
+                                       "answer": 2}] * 5,
+        ("cais/mmlu", "all", "test"): [{"subject": "anatomy", "question": "t?", "choices": ["a", "b", "c", "d"],
+                                        "answer": 1}] * 3,
+        ("truthful_qa", "multiple_choice", "validation"): [
+            {"question": f"tq{i}?", "mc1_targets": {"choices": ["right", "wrong", "worse"], "labels": [1, 0, 0]}}
+            for i in range(8)],
+        ("gsm8k", "main", "train"): [{"question": "1+1?", "answer": "1+1=2\n#### 2"}] * 5,
+        ("gsm8k", "main", "test"): [{"question": "2+2?", "answer": "2+2=4\n#### 4"}],
+    }
+    counts = export(["mmlu", "truthful_qa", "gsm8k"], tmp_path, lambda d, c, s: hub[(d, c, s)])
+    assert counts == {"mmlu": 8, "truthful_qa": 8, "gsm8k": 6}
+    (mmlu,) = [s for s in SCENARIOS["mmlu"].build(tmp_path, 721) if s.name == "mmlu_anatomy"]
+    assert len(mmlu.train) == 5 and len(mmlu.test) == 3 and mmlu.test[0].target() == "B"
+    tqa = SCENARIOS["truthful_qa"].build(tmp_path, 61)[0]
+    assert len(tqa.test) == 3
+    assert all(i.choices[int(i.output)] == "right" for i in tqa.test)
+    assert {int(i.output) for i in tqa.train + tqa.test} != {0}  # shuffled: the gold is not always A
+    (gsm,) = SCENARIOS["gsm8k"].build(tmp_path, 61)
+    assert gsm.test[0].target() == "2+2=4 The answer is 4."
