@@ -2,6 +2,7 @@
 
 Flags override the HARNESS_* environment variables; both are read by the app at start-up.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,6 +5,7 @@ top_k_per_token and stop_sequences, and omits echo_prompt in its health check, s
 a default. Limits that depend on the loaded model (context length, vocabulary) are checked by
 the app against the engine.
 """
+
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field

@@ -5,6 +5,7 @@ Log-probabilities are those of the model's own distribution (log-softmax of the 
 temperature 1, before temperature, top-k or top-p reshape it for sampling), both for the chosen
 token and for `top_logprob`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -9,8 +9,10 @@ generation. Rows of different lengths share one KV cache: shorter rows are padde
 the attention mask hides the padding, and each row carries its own positions, so a row computes
 the same values alone or batched (up to float rounding).
 """
+
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -22,8 +24,9 @@ import torch
 from transformers import DynamicCache
 
 from submission.api import ProcessRequest
+from submission.batch_kv import KV, assemble, kv_of
 from submission.decoding import Completion, Detokenizer, Sampler, TokenTexts, decode
-from submission.prefix_cache import KV, Entry, PrefixCache, common_prefix
+from submission.prefix_cache import Entry, PrefixCache, common_prefix
 from submission.settings import Settings
 
 log = logging.getLogger("submission.engine")
@@ -53,10 +56,6 @@ class Job:
     last: int = -1  # the token to feed at the next step
 
 
-def kv_of(cache: DynamicCache) -> KV:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
 class Engine:
     def __init__(self, model, tokenizer, settings: Settings):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
@@ -76,6 +75,7 @@ class Engine:
         self.cache = DynamicCache()
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.steps = 0
+        self.last_intake = 0  # requests taken at the last intake
         self.worker = threading.Thread(target=self._run, name="engine", daemon=True)
         self.worker.start()
 
@@ -101,16 +101,23 @@ class Engine:
         """Queue a request; the future's result is the response body (without request_time)."""
         limit = min(self.settings.max_top_k_per_token, self.vocab)
         if request.top_k_per_token > limit:
-            raise InvalidRequest("top_k_per_token", f"top_k_per_token is {request.top_k_per_token}; at most {limit}")
+            raise InvalidRequest(
+                "top_k_per_token", f"top_k_per_token is {request.top_k_per_token}; at most {limit}"
+            )
         if request.max_new_tokens > self.context:
             raise InvalidRequest(
-                "max_new_tokens", f"max_new_tokens is {request.max_new_tokens}; the context holds {self.context} tokens"
+                "max_new_tokens",
+                f"max_new_tokens is {request.max_new_tokens}; the context holds {self.context} tokens",
             )
         ids = self.encode(request.prompt)
         if not ids:
-            raise InvalidRequest("prompt", "the prompt encodes to no tokens (the tokenizer adds no BOS); send some text")
+            raise InvalidRequest(
+                "prompt", "the prompt encodes to no tokens (the tokenizer adds no BOS); send some text"
+            )
         if len(ids) > self.context:
-            raise InvalidRequest("prompt", f"the prompt is {len(ids)} tokens; the context holds {self.context}")
+            raise InvalidRequest(
+                "prompt", f"the prompt is {len(ids)} tokens; the context holds {self.context}"
+            )
         stops = [s for s in request.stop_sequences or [] if s]
         job = Job(
             ids=ids,
@@ -149,7 +156,7 @@ class Engine:
                     for job in new + self.rows:
                         if not job.future.done():
                             job.future.set_exception(error)
-                    self._set_batch([], [], self.mask[:0, :0])
+                    self._set_batch([], [])
         while True:  # closing: nothing more will run
             try:
                 job = self.queue.get_nowait()
@@ -170,7 +177,10 @@ class Engine:
             if first is None:
                 return None
             jobs.append(first)
-        deadline = time.monotonic() + self.settings.batch_wait_ms / 1000 if not self.rows else 0.0
+        # An idle engine waits for company only when requests have lately come together: a lone
+        # client (concurrency 1) should not pay the wait on every request.
+        wait = self.settings.batch_wait_ms / 1000 if not self.rows and self.last_intake > 1 else 0.0
+        deadline = time.monotonic() + wait
         while len(jobs) < room:
             wait = deadline - time.monotonic()
             try:
@@ -181,6 +191,7 @@ class Engine:
                 self.queue.put(None)  # close after serving what was taken
                 break
             jobs.append(job)
+        self.last_intake = len(jobs)
         return jobs
 
     def _admit(self, jobs: list[Job]) -> None:
@@ -226,9 +237,9 @@ class Engine:
         return (entry, length) if length >= self.settings.min_prefix else (None, 0)
 
     def _cache_shared_prefixes(self, jobs: list[Job]) -> None:
-        misses = sorted((job.ids for job in jobs if self._cached(job.ids)[0] is None))
+        misses = sorted(job.ids for job in jobs if self._cached(job.ids)[0] is None)
         shared: set[tuple[int, ...]] = set()
-        for a, b in zip(misses, misses[1:]):  # in sorted order, neighbours share the longest prefixes
+        for a, b in itertools.pairwise(misses):  # in sorted order, neighbours share the longest prefixes
             length = min(common_prefix(torch.tensor(a), torch.tensor(b)), len(a) - 1, len(b) - 1)
             if length >= self.settings.min_prefix:
                 shared.add(tuple(a[:length]))
@@ -247,7 +258,9 @@ class Engine:
             own = len(job.ids) - length
             columns = torch.cat([torch.arange(length), torch.arange(length + width - own, length + width)])
             columns = columns.to(self.device)
-            self.prefixes.insert(torch.tensor(job.ids), [(k[i : i + 1, :, columns], v[i : i + 1, :, columns]) for k, v in kv])
+            self.prefixes.insert(
+                torch.tensor(job.ids), [(k[i : i + 1, :, columns], v[i : i + 1, :, columns]) for k, v in kv]
+            )
 
     def _forward(
         self, prompts: list[list[int]], entry: Entry | None, length: int, all_logits: bool = False
@@ -269,7 +282,9 @@ class Engine:
         if entry is None:
             cache = DynamicCache()
         else:
-            cache = DynamicCache([(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in entry.prefix(length)])
+            cache = DynamicCache(
+                [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in entry.prefix(length)]
+            )
         mask = mask.to(self.device)
         out = self.model(
             input_ids=input_ids.to(self.device),
@@ -307,7 +322,11 @@ class Engine:
         positions = torch.tensor([[job.length] for job in rows], device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
         out = self.model(
-            input_ids=input_ids, attention_mask=self.mask, position_ids=positions, cache=self.cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=self.mask,
+            position_ids=positions,
+            cache=self.cache,
+            use_cache=True,
         )
         self.steps += 1
         for job in rows:
@@ -315,7 +334,7 @@ class Engine:
         going = self._advance(rows, out.logits[:, -1])
         if not all(going):
             keep = [i for i, go in enumerate(going) if go]
-            self._set_batch([rows[i] for i in keep], [(k[keep], v[keep]) for k, v in kv_of(self.cache)], self.mask[keep])
+            self._set_batch([rows[i] for i in keep], [(kv_of(self.cache), self.mask, keep)])
 
     def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[bool]:
         """Choose each row's next token; finish the rows that end. True for rows that go on."""
@@ -342,33 +361,23 @@ class Engine:
         return going
 
     def _join(self, jobs: list[Job], kv: KV, mask: torch.Tensor, logits: torch.Tensor) -> None:
-        """Choose the first tokens of freshly computed prompts; rows that go on join the batch,
-        the shorter side padded on the left."""
+        """Choose the first tokens of freshly computed prompts; rows that go on join the batch."""
         going = self._advance(jobs, logits)
         keep = [i for i, go in enumerate(going) if go]
         if not keep:
             return
         for i in keep:
             jobs[i].length = len(jobs[i].ids)
-        kv = [(k[keep], v[keep]) for k, v in kv]
-        mask = mask[keep]
-        if self.rows:
-            width = max(mask.shape[1], self.mask.shape[1])
-            old = [(left_pad(k, width), left_pad(v, width)) for k, v in kv_of(self.cache)]
-            kv = [(torch.cat([ok, left_pad(k, width)]), torch.cat([ov, left_pad(v, width)])) for (ok, ov), (k, v) in zip(old, kv)]
-            mask = torch.cat([left_pad(self.mask, width), left_pad(mask, width)])
-        self._set_batch(self.rows + [jobs[i] for i in keep], kv, mask)
+        parts = [(kv_of(self.cache), self.mask, list(range(len(self.rows))))] if self.rows else []
+        self._set_batch(self.rows + [jobs[i] for i in keep], [*parts, (kv, mask, keep)])
 
-    def _set_batch(self, rows: list[Job], kv: KV, mask: torch.Tensor) -> None:
-        """Install the running batch, dropping columns that no row attends to."""
-        if rows:
-            used = mask.any(dim=0)
-            if not bool(used.all()):
-                kv = [(k[:, :, used], v[:, :, used]) for k, v in kv]
-                mask = mask[:, used]
+    def _set_batch(self, rows: list[Job], parts: list[tuple[KV, torch.Tensor, list[int]]]) -> None:
+        """Install the running batch built from `parts` (see batch_kv.assemble)."""
         self.rows = rows
-        self.cache = DynamicCache(kv) if rows else DynamicCache()
-        self.mask = mask
+        if rows:
+            self.cache, self.mask = assemble(parts)
+        else:
+            self.cache, self.mask = DynamicCache(), self.mask[:0, :0]
 
     def _result(self, job: Job) -> dict:
         completion = job.completion
@@ -391,14 +400,3 @@ class Engine:
                 "reused_tokens": self.prefixes.reused_tokens,
             },
         }
-
-
-def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
-    """Zero-pad the token dimension (dim 2 of states, dim 1 of a mask) on the left to `width`."""
-    dim = 2 if t.dim() == 4 else 1
-    missing = width - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([t.new_zeros(shape), t], dim=dim)

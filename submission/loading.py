@@ -4,6 +4,7 @@ quantization of the settings.
 nf4 and int8 keep the adapter beside the quantized base (merging into quantized weights would
 re-quantize it); bf16, fp16 and fp32 merge it into the base, so serving costs nothing extra.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,11 +32,15 @@ def load(settings: Settings) -> tuple[torch.nn.Module, object, str]:
     """Return (model in eval mode, tokenizer, the quantization used)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quant = resolve_quant(settings.quant, device)
     model_id = resolve_model_id(settings.model)
     if settings.adapter is not None and not (Path(settings.adapter) / "adapter_config.json").is_file():
-        raise ValueError(f"adapter {settings.adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
+        raise ValueError(
+            f"adapter {settings.adapter!r} is not a PEFT adapter folder (no adapter_config.json)"
+        )
 
     kwargs: dict = {"attn_implementation": "sdpa"}
     if quant == "nf4":

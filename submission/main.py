@@ -4,6 +4,7 @@ Handlers are plain functions, so FastAPI runs them in its thread pool: tokenizin
 the engine never block the event loop, and the engine's worker thread batches whatever the 30
 client threads send. Settings come from HARNESS_* environment variables (see settings.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +63,9 @@ async def limit_body(request: Request, call_next):
 
 def too_large() -> JSONResponse:
     message = f"the request body is over {MAX_BODY_BYTES} bytes"
-    return JSONResponse(status_code=413, content={"detail": [{"loc": ["body"], "msg": message, "type": "too_large"}]})
+    return JSONResponse(
+        status_code=413, content={"detail": [{"loc": ["body"], "msg": message, "type": "too_large"}]}
+    )
 
 
 @app.exception_handler(InvalidRequest)

@@ -6,6 +6,7 @@ the longest common token prefix, so one cached prompt serves every prompt that s
 Keys are cached after the rotary position embedding, so a prefix's states are valid for any
 continuation of it.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict

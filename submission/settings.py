@@ -1,5 +1,6 @@
 """Server settings: read from HARNESS_* environment variables (the container's way) and
 overridable by the flags of `python -m submission`."""
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ class Settings:
     prefix_cache_tokens: int = 32768  # KV cache of shared prompt prefixes, in tokens
     min_prefix: int = 32  # shorter shared prefixes are not worth caching
     max_top_k_per_token: int = 100
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
 
     def __post_init__(self) -> None:
         if self.quant not in QUANTIZATIONS:
@@ -26,8 +28,8 @@ class Settings:
         for name in ("context", "max_batch", "min_prefix", "max_top_k_per_token"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        if self.batch_wait_ms < 0 or self.prefix_cache_tokens < 0:
-            raise ValueError("batch_wait_ms and prefix_cache_tokens must not be negative")
+        if self.batch_wait_ms < 0 or self.prefix_cache_tokens < 0 or self.threads < 0:
+            raise ValueError("batch_wait_ms, prefix_cache_tokens and threads must not be negative")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
