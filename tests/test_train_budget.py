@@ -92,7 +92,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint_and_a_second_signal_hard(tmp
 def test_kill_9_then_resume_continues_the_same_budget(tmp_path: Path, tiny_model: Path):
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "2s"')
-    proc = subprocess.Popen(train_cmd("--config", str(recipe), "--budget", "40s", "--output-dir", str(run)),
+    proc = subprocess.Popen(train_cmd("--config", str(recipe), "--budget", "60s", "--output-dir", str(run)),
                             cwd=REPO, stderr=subprocess.DEVNULL)
     wait_for(lambda: len(list((run / "checkpoints").glob("step-*"))) >= 2, proc)
     time.sleep(1.5)
@@ -106,7 +106,7 @@ def test_kill_9_then_resume_continues_the_same_budget(tmp_path: Path, tiny_model
     ledger = json.loads((run / "ledger.json").read_text())
     assert len(ledger["attempts"]) == 2 and ledger["attempts"][0]["seconds"] == first
     s = summary(run)
-    assert s["attempts"] == 2 and s["used_s"] <= 40 and s["used_s"] >= first + wall - 1
+    assert s["attempts"] == 2 and s["used_s"] <= 60 and s["used_s"] >= first + wall - 1
     assert_loadable(run / "adapter", tiny_model)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -91,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
     router.graceful = lambda: run.watchdog.request_stop("signal")
     router.hard = lambda: run.hard_stop("signal", EXIT_HARD_SIGNAL)
-    return run.run()
+    code = run.run()
+    # Interpreter shutdown with torch loaded can take seconds the budget never accounted for; all
+    # state is on disk by now, so leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def previous_budget(run_dir: Path, default: float) -> float:

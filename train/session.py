@@ -112,6 +112,9 @@ class TrainingRun:
         say(f"run folder  {self.run_dir}\nbudget      {self.limits.budget_s:.0f}s on track {self.limits.track}, "
             f"{self.ledger.left():.0f}s left" + (f" after {len(self.ledger.attempts) - 1} earlier attempt(s)"
                                                if self.resume else ""))
+        from transformers import set_seed
+
+        set_seed(self.recipe.train.seed)  # LoRA's initial weights, dropout: the same run twice gives the same adapter
         with self.ledger.phase("load"):
             tokenizer = model_lib.load_tokenizer(self.recipe.model.base)
             self.model = model_lib.load_model(self.recipe)
