@@ -164,7 +164,8 @@ def main(args: argparse.Namespace) -> int:
             store.replace_entry(args.name, track, finished, source=args.server or args.model)
             print(f"recorded {len(finished)} metrics of {args.name!r} (track {track}) in {store.path}")
     if skipped:
-        print(f"skipped for lack of data: {', '.join(skipped)} (see docs/eval.md; `python -m eval data`)")
+        print(f"skipped for lack of data: {', '.join(skipped)} (BIG-bench and BBQ: `python -m eval data`; "
+              "others: local JSONL or `python -m eval data --hub`; see docs/eval.md)")
     if failed:
         print(f"error: scenario {failed}")
         return 1

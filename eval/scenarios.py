@@ -229,7 +229,7 @@ MATH_FORMAT = Format(
 MATH_GEN = Generation(max_new_tokens=400, stop=("###",))
 BBQ_FORMAT = Format(instructions=instructions_line(MC_INSTRUCTIONS), input_prefix="Passage: ")
 BIGBENCH_SHOTS = (0, 1, 2, 3)
-BIGBENCH_TRAIN_POOL = 5
+BIGBENCH_MIN_TEST = 16
 # The open set's BIG-bench entries (challenge.md §3): task, and subtask where the task has several.
 BIGBENCH_TASKS = [
     "auto_debugging", "code_line_description",
@@ -265,12 +265,21 @@ def bigbench_instances(task: dict, where: str) -> list[Instance]:
     return out
 
 
+def bigbench_split(instances: list[Instance]) -> tuple[list[Instance], list[Instance]]:
+    """HELM's split of a BIG-bench task: shuffle with seed 0, then test and validation each take 20% of
+    the examples (at least 16) from the end; the rest, in front, is the in-context pool. HELM evaluates
+    the test and validation instances."""
+    instances = list(instances)
+    random.Random(0).shuffle(instances)
+    held = max(int(0.2 * len(instances)), BIGBENCH_MIN_TEST)
+    pool = max(len(instances) - 2 * held, 0)
+    return instances[:pool], instances[pool:]
+
+
 def bigbench_task_specs(path: Path, entry: str, group: str, budget_per_task: int) -> list[TaskSpec]:
     task = json.loads(path.read_text(encoding="utf-8"))
-    instances = bigbench_instances(task, str(path))
-    random.Random(0).shuffle(instances)
-    pool, test = instances[:BIGBENCH_TRAIN_POOL], instances[BIGBENCH_TRAIN_POOL:]
-    mc = bool(instances and instances[0].is_mc)
+    pool, test = bigbench_split(bigbench_instances(task, str(path)))
+    mc = bool(test and test[0].is_mc)
     fmt = Format(
         instructions=task.get("task_prefix", ""),
         input_prefix=task.get("example_input_prefix", "Question: "),
@@ -320,16 +329,15 @@ def bbq_build(root: Path, budget: int) -> list[TaskSpec]:
         raise MissingData(f"no {root / 'bbq'} and no BBQ-lite files under {base}; run `python -m eval data`")
     specs = []
     for path in paths:
-        instances = bigbench_instances(json.loads(path.read_text(encoding="utf-8")), str(path))
-        random.Random(0).shuffle(instances)
+        pool, test = bigbench_split(bigbench_instances(json.loads(path.read_text(encoding="utf-8")), str(path)))
         specs.append(
             TaskSpec(
                 name=f"bbq_{path.parent.name}",
                 metric="BBQ - EM",
                 scoring="exact_match",
                 fmt=BBQ_FORMAT,
-                train=tuple(sample_train(instances[:BIGBENCH_TRAIN_POOL], 5)),
-                test=pick(instances[BIGBENCH_TRAIN_POOL:], per_task(budget, len(paths))),
+                train=tuple(sample_train(pool, 5)),
+                test=pick(test, per_task(budget, len(paths))),
                 generation=MC_GEN,
             )
         )

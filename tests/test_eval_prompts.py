@@ -181,3 +181,15 @@ def test_written_documents_carry_prompt_blocks_for_context_fitting(tmp_path):
     assert len(parts["train"]) == 5
     assert parts["instance_prefix"].join([parts["instructions"], *parts["train"], parts["eval"]]) == doc["prompt"]
     assert Format().instructions == "" and instructions_line("x") == "x\n"
+
+
+def test_bigbench_split_follows_helm_sizes():
+    from eval.scenarios import bigbench_split
+
+    def sizes(n: int) -> tuple[int, int]:
+        pool, test = bigbench_split([Instance(str(i), str(i)) for i in range(n)])
+        assert sorted(int(i.input) for i in pool + test) == list(range(n))  # a shuffle, nothing lost
+        return len(pool), len(test)
+
+    # test and validation: 20% each, at least 16; the in-context pool is what remains
+    assert sizes(100) == (60, 40) and sizes(34) == (2, 32) and sizes(10) == (0, 10)
