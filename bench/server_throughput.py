@@ -28,20 +28,30 @@ from train.generated import TASKS
 from train.tiny import EMBEDDED_ID
 
 ROOT = Path(__file__).resolve().parent.parent
+PROSE = ROOT / "train" / "assets" / "prose.txt"
 MIX = ((0.70, 1, []), (0.25, 64, []), (0.05, 400, ["\n\n"]))  # share, max_new_tokens, stop_sequences
 
 
 def workload(count: int, seed: int) -> list[dict]:
-    """`count` judges'-shaped requests, drawn in a seeded order across the scenarios."""
+    """`count` judges'-shaped requests, drawn in a seeded order across the scenarios. Each block
+    carries a short passage (as BBQ's do) so prompts reach HELM's length: about 450 tokens, of
+    which the question's own block is about 70."""
     rng = random.Random(seed)
+    sentences = [line for line in PROSE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def block(record: dict, passage_rng: random.Random, answer: bool) -> str:
+        passage = " ".join(passage_rng.sample(sentences, 2))
+        return f"Passage: {passage}\n{record['prompt']}" + (record["completion"] + "\n\n" if answer else "")
+
     heads = {}
     for name, task in TASKS.items():
         head = f"The following are questions (with answers) about {name.replace('_', ' ')}.\n\n"
-        heads[name] = head + "".join(r["prompt"] + r["completion"] + "\n\n" for r in task.make(5, 1))
+        shots = random.Random(name)
+        heads[name] = head + "".join(block(r, shots, True) for r in task.make(5, 1))
     requests = []
     for i in range(count):
         name = rng.choice(sorted(heads))
-        question = TASKS[name].make(1, seed * 100_000 + i)[0]["prompt"]
+        question = block(TASKS[name].make(1, seed * 100_000 + i)[0], rng, False)
         _, max_new_tokens, stop = rng.choices(MIX, weights=[m[0] for m in MIX])[0]
         requests.append(
             {

@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from submission.api import ProcessRequest
-from submission.batch_kv import KV, assemble, kv_of
+from submission.batch_kv import KV, SpareLayer, assemble, cache_of, kv_of
 from submission.decoding import Completion, Detokenizer, Sampler, TokenTexts, decode
 from submission.prefix_cache import Entry, PrefixCache, common_prefix
 from submission.settings import Settings
@@ -51,9 +52,15 @@ class Job:
     completion: Completion
     future: Future = field(default_factory=Future)
     echoed: list[dict] = field(default_factory=list)  # prompt tokens, when echo_prompt
+    uncached: int = 0  # prompt tokens the prefix cache did not hold on arrival
     generated: int = 0
     length: int = 0  # this row's tokens whose states are in the batch cache
     last: int = -1  # the token to feed at the next step
+
+
+Row = tuple[
+    Job | list[int], Entry | None, int
+]  # a prompt (request or bare ids), its cached prefix, its length
 
 
 class Engine:
@@ -75,7 +82,10 @@ class Engine:
         self.cache = DynamicCache()
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.steps = 0
+        self.rows_decoded = 0  # sum of the batch sizes of all decoding steps
+        self.timing = {"prompt_s": 0.0, "decode_s": 0.0}  # worker time computing prompts / decoding
         self.last_intake = 0  # requests taken at the last intake
+        self.waiting: deque[Job] = deque()  # arrived, not yet admitted
         self.worker = threading.Thread(target=self._run, name="engine", daemon=True)
         self.worker.start()
 
@@ -147,16 +157,22 @@ class Engine:
                 if new is None:
                     break
                 try:
+                    begin = time.perf_counter()
                     if new:
                         self._admit(new)
+                    middle = time.perf_counter()
                     if self.rows:
                         self._step()
+                    self.timing["prompt_s"] += middle - begin
+                    self.timing["decode_s"] += time.perf_counter() - middle
                 except Exception as error:  # a bug must fail its requests, not stop the server
                     log.exception("engine step failed")
                     for job in new + self.rows:
                         if not job.future.done():
                             job.future.set_exception(error)
                     self._set_batch([], [])
+        for job in self.waiting:
+            job.future.set_exception(RuntimeError("the server is shutting down"))
         while True:  # closing: nothing more will run
             try:
                 job = self.queue.get_nowait()
@@ -166,69 +182,89 @@ class Engine:
                 job.future.set_exception(RuntimeError("the server is shutting down"))
 
     def _take(self) -> list[Job] | None:
-        """New requests, as many as the batch has room for; None when closing. An idle engine
-        blocks for the first and then waits batch_wait_ms for more."""
-        room = self.settings.max_batch - len(self.rows)
-        jobs: list[Job] = []
-        if room <= 0:
-            return jobs
-        if not self.rows:
+        """The requests to admit now; None when closing.
+
+        An idle engine blocks for the first request and, when requests have lately come
+        together, waits batch_wait_ms for company (a lone client should not pay the wait on
+        every request). While rows are decoding, new prompts are admitted up to
+        prefill_budget uncached tokens per step, oldest first, so a stream of short requests
+        cannot stall the running generations indefinitely.
+        """
+        if not self.rows and not self.waiting:
             first = self.queue.get()
             if first is None:
                 return None
-            jobs.append(first)
-        # An idle engine waits for company only when requests have lately come together: a lone
-        # client (concurrency 1) should not pay the wait on every request.
-        wait = self.settings.batch_wait_ms / 1000 if not self.rows and self.last_intake > 1 else 0.0
-        deadline = time.monotonic() + wait
-        while len(jobs) < room:
-            wait = deadline - time.monotonic()
+            self._arrive(first)
+            wait = self.settings.batch_wait_ms / 1000 if self.last_intake > 1 else 0.0
+            deadline = time.monotonic() + wait
+            while len(self.waiting) < self.settings.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self.queue.put(None)  # close after serving what was taken
+                    break
+                self._arrive(job)
+        while True:
             try:
-                job = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+                job = self.queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
-                self.queue.put(None)  # close after serving what was taken
+                if self.rows or self.waiting:
+                    self.queue.put(None)
+                    break
+                return None
+            self._arrive(job)
+        room = self.settings.max_batch - len(self.rows)
+        budget = self.settings.prefill_budget if self.rows else float("inf")
+        jobs: list[Job] = []
+        while self.waiting and len(jobs) < room:
+            cost = self.waiting[0].uncached
+            if jobs and cost > budget:
                 break
-            jobs.append(job)
+            budget -= cost
+            jobs.append(self.waiting.popleft())
         self.last_intake = len(jobs)
         return jobs
+
+    def _arrive(self, job: Job) -> None:
+        """Queue a request for admission, noting how many of its prompt tokens need computing."""
+        _, cached = self._cached(job.ids)
+        job.uncached = len(job.ids) - cached
+        self.waiting.append(job)
 
     def _admit(self, jobs: list[Job]) -> None:
         """Compute the prompts of new requests, choose their first tokens, and move the ones
         that go on into the running batch."""
-        for group, entry, length in self._plan([job for job in jobs if not job.echo]):
-            kv, mask, logits = self._forward([job.ids for job in group], entry, length)
-            if entry is not None:
-                self.prefixes.touch(entry, length)
-            self._remember(group, kv, length, mask.shape[1] - length)
-            self._join(group, kv, mask, logits[:, -1])
+        for chunk in self._plan([job for job in jobs if not job.echo]):
+            kv, mask, logits = self._forward(chunk)
+            self._remember(chunk, kv, mask)
+            self._join([job for job, _, _ in chunk], kv, mask, logits[:, -1])
         for job in jobs:
             if job.echo:  # needs every prompt position's logits: computed alone, uncached
-                kv, mask, logits = self._forward([job.ids], None, 0, all_logits=True)
+                kv, mask, logits = self._forward([(job, None, 0)], all_logits=True)
                 self._echo(job, logits[0])
                 self._join([job], kv, mask, logits[:, -1])
 
-    def _plan(self, jobs: list[Job]) -> list[tuple[list[Job], Entry | None, int]]:
-        """Group requests by the cached prefix they extend. Prompts of this intake that share a
+    def _plan(self, jobs: list[Job]) -> list[list[Row]]:
+        """Pair each request with the cached prefix it extends, and cut them into forward
+        passes of similar uncached lengths (less padding). Prompts of this intake that share a
         long prefix the cache lacks (a burst from one scenario) get it computed once, first."""
         self._cache_shared_prefixes(jobs)
-        groups: dict[int, tuple[list[Job], Entry | None, int]] = {}
-        for job in jobs:
-            entry, length = self._cached(job.ids)
-            members, _, shortest = groups.get(id(entry), ([], entry, length))
-            groups[id(entry)] = (members + [job], entry, min(shortest, length))
-        planned = []
-        for members, entry, length in groups.values():
-            members.sort(key=lambda job: len(job.ids))
-            chunk: list[Job] = []
-            for job in members:  # similar lengths together: less padding
-                if chunk and (len(chunk) + 1) * (len(job.ids) - length) > MAX_PREFILL_TOKENS:
-                    planned.append((chunk, entry, length))
-                    chunk = []
-                chunk.append(job)
-            planned.append((chunk, entry, length))
-        return planned
+        rows = sorted(((job, *self._cached(job.ids)) for job in jobs), key=lambda r: len(r[0].ids) - r[2])
+        chunks: list[list[Row]] = []
+        for row in rows:
+            own = len(row[0].ids) - row[2]
+            if chunks:
+                first = len(chunks[-1][0][0].ids) - chunks[-1][0][2]
+                if (len(chunks[-1]) + 1) * own <= MAX_PREFILL_TOKENS and own <= 2 * first + 16:
+                    chunks[-1].append(row)
+                    continue
+            chunks.append([row])
+        return chunks
 
     def _cached(self, ids: list[int]) -> tuple[Entry | None, int]:
         """The cached prefix to build on (at least one prompt token is left to compute)."""
@@ -245,47 +281,40 @@ class Engine:
                 shared.add(tuple(a[:length]))
         for prefix in sorted(shared, key=len):  # shorter first: longer ones build on them
             ids = list(prefix)
-            entry, length = self._cached(ids)
-            kv, _, _ = self._forward([ids], entry, length)
+            kv, _, _ = self._forward([(ids, *self._cached(ids))])
             self.prefixes.insert(torch.tensor(ids), kv)
 
-    def _remember(self, jobs: list[Job], kv: KV, length: int, width: int) -> None:
+    def _remember(self, rows: list[Row], kv: KV, mask: torch.Tensor) -> None:
         """Cache the prompts that the cache covered less than half of: they may start a new
         scenario (or a longer few-shot variant) whose later requests will share them."""
-        for i, job in enumerate(jobs):
+        for i, (job, _, length) in enumerate(rows):
             if length >= len(job.ids) / 2 or len(job.ids) < self.settings.min_prefix:
                 continue
-            own = len(job.ids) - length
-            columns = torch.cat([torch.arange(length), torch.arange(length + width - own, length + width)])
-            columns = columns.to(self.device)
+            columns = mask[i].nonzero().squeeze(1)
             self.prefixes.insert(
                 torch.tensor(job.ids), [(k[i : i + 1, :, columns], v[i : i + 1, :, columns]) for k, v in kv]
             )
 
-    def _forward(
-        self, prompts: list[list[int]], entry: Entry | None, length: int, all_logits: bool = False
-    ) -> tuple[KV, torch.Tensor, torch.Tensor]:
-        """Run prompts that share their first `length` tokens (cached in `entry`) through the model.
-        Their remaining tokens are padded on the left, so every row's last token is the last
-        column. Returns the states, the attention mask over them and the logits."""
-        n = len(prompts)
-        width = max(len(ids) - length for ids in prompts)
+    def _forward(self, rows: list[Row], all_logits: bool = False) -> tuple[KV, torch.Tensor, torch.Tensor]:
+        """Run prompts through the model, each on top of its cached prefix (entry, length).
+        A row is laid out [padding | cached prefix | padding | rest of the prompt]: prefixes
+        end at one column and every prompt's last token is the last column. Returns the
+        states, the attention mask over them and the logits."""
+        prompts = [job.ids if isinstance(job, Job) else job for job, _, _ in rows]
+        n = len(rows)
+        cached = max(length for _, _, length in rows)
+        width = max(len(ids) - length for ids, (_, _, length) in zip(prompts, rows))
         input_ids = torch.full((n, width), self.pad, dtype=torch.long)
         positions = torch.zeros((n, width), dtype=torch.long)
-        mask = torch.zeros((n, length + width), dtype=torch.long)
-        mask[:, :length] = 1
-        for i, ids in enumerate(prompts):
+        mask = torch.zeros((n, cached + width), dtype=torch.long)
+        for i, (ids, (_, _, length)) in enumerate(zip(prompts, rows)):
             own = len(ids) - length
             input_ids[i, width - own :] = torch.tensor(ids[length:])
             positions[i, width - own :] = torch.arange(length, len(ids))
-            mask[i, length + width - own :] = 1
-        if entry is None:
-            cache = DynamicCache()
-        else:
-            cache = DynamicCache(
-                [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in entry.prefix(length)]
-            )
+            mask[i, cached - length : cached] = 1
+            mask[i, cached + width - own :] = 1
         mask = mask.to(self.device)
+        cache = DynamicCache() if cached == 0 else self._prefix_cache(rows, cached, width)
         out = self.model(
             input_ids=input_ids.to(self.device),
             attention_mask=mask,
@@ -295,6 +324,24 @@ class Engine:
             logits_to_keep=0 if all_logits else 1,
         )
         return kv_of(out.cache), mask, out.logits
+
+    def _prefix_cache(self, rows: list[Row], cached: int, width: int) -> DynamicCache:
+        """The rows' cached prefix states, right-aligned at column `cached`, with room for
+        `width` more columns written in place by the forward pass."""
+        entries = [(i, entry, length) for i, (_, entry, length) in enumerate(rows) if entry is not None]
+        layers = []
+        for layer in range(len(entries[0][1].kv)):
+            k0, v0 = entries[0][1].kv[layer]
+            keys = k0.new_zeros(len(rows), k0.shape[1], cached + width, k0.shape[-1])
+            values = v0.new_zeros(len(rows), v0.shape[1], cached + width, v0.shape[-1])
+            for i, entry, length in entries:
+                k, v = entry.kv[layer]
+                keys[i, :, cached - length : cached] = k[0, :, :length]
+                values[i, :, cached - length : cached] = v[0, :, :length]
+            layers.append(SpareLayer(keys, values, cached))
+        for _, entry, length in entries:
+            self.prefixes.touch(entry, length)
+        return cache_of(layers)
 
     def _echo(self, job: Job, logits: torch.Tensor) -> None:
         """The prompt's tokens with their log-probabilities. Leading special tokens (BOS) are left
@@ -329,6 +376,7 @@ class Engine:
             use_cache=True,
         )
         self.steps += 1
+        self.rows_decoded += len(rows)
         for job in rows:
             job.length += 1
         going = self._advance(rows, out.logits[:, -1])
@@ -393,6 +441,8 @@ class Engine:
             "running": len(self.rows),
             "queued": self.queue.qsize(),
             "decode_steps": self.steps,
+            "mean_batch": self.rows_decoded / max(self.steps, 1),
+            **{key: round(value, 3) for key, value in self.timing.items()},
             "prefix_cache": {
                 "entries": len(self.prefixes.entries),
                 "tokens": self.prefixes.tokens,

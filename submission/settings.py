@@ -17,6 +17,7 @@ class Settings:
     context: int = 2048  # prompt + generation limit (the competition's); capped by the model's own
     max_batch: int = 32  # rows decoded together
     batch_wait_ms: float = 5.0  # how long an idle engine waits to gather a batch
+    prefill_budget: int = 512  # uncached prompt tokens admitted per decoding step while rows run
     prefix_cache_tokens: int = 32768  # KV cache of shared prompt prefixes, in tokens
     min_prefix: int = 32  # shorter shared prefixes are not worth caching
     max_top_k_per_token: int = 100
@@ -25,7 +26,7 @@ class Settings:
     def __post_init__(self) -> None:
         if self.quant not in QUANTIZATIONS:
             raise ValueError(f"quant must be one of {', '.join(QUANTIZATIONS)}, not {self.quant!r}")
-        for name in ("context", "max_batch", "min_prefix", "max_top_k_per_token"):
+        for name in ("context", "max_batch", "prefill_budget", "min_prefix", "max_top_k_per_token"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_wait_ms < 0 or self.prefix_cache_tokens < 0 or self.threads < 0:
