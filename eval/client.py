@@ -140,7 +140,8 @@ class ChallengeAPI(LM):
     """lm-eval model arguments: base_url (required), concurrency (30), timeout_s (3000)."""
 
     def __init__(self, base_url: str, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 progress: bool = True):
+                 progress: bool = True, **_lm_eval_extras):
+        # lm-eval hands every model its batch_size/device settings: meaningless for a server, ignored.
         super().__init__()
         if int(concurrency) < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")

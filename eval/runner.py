@@ -141,7 +141,11 @@ def main(args: argparse.Namespace) -> int:
     quiet_lm_eval()
     data = Path(args.data) if args.data else cache_root() / "eval-data"
     out = Path(args.out) if args.out else Path("runs") / "eval" / args.name
-    lm = make_model(args)
+    try:
+        lm = make_model(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot load the target: {exc}")
+        return 2
     finished, skipped, failed = [], [], None
     try:
         for i, scenario in enumerate(scenarios, 1):

@@ -141,6 +141,24 @@ def test_concurrency_is_bounded_by_the_setting(server):
         ChallengeAPI(url(server), concurrency=0)
 
 
+def test_registered_for_lm_eval_by_name(server, tmp_path):
+    """lm-eval builds the model from its registry name and argument string, as its own CLI would."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from eval.scenarios import SCENARIOS, write_task
+
+    spec = SCENARIOS["quick_mc"].build(tmp_path, 3)[0]
+    write_task(spec, tmp_path / "tasks")
+    out = lm_eval.simple_evaluate(
+        model="challenge-api", model_args=f"base_url={url(server)},concurrency=2,progress=False",
+        tasks=[spec.name], task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+        limit=1, batch_size=4, bootstrap_iters=0,
+    )
+    assert out["results"][spec.name]["em,none"] == float(spec.test[0].target() == "C")
+    assert [b["prompt"] for b in process_bodies(server)] == [spec.test[0].input]
+
+
 def test_loglikelihood_is_refused_with_a_reason(server):
     with pytest.raises(NotImplementedError, match="generation only"):
         ChallengeAPI(url(server), progress=False).loglikelihood([])
