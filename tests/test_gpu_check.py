@@ -1,0 +1,54 @@
+"""bench/gpu_check.py's CPU mode, end to end in a subprocess, so the GPU check cannot rot between
+the rare runs on a GPU: every phase runs and every figure is there and consistent."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_cpu_mode_reports_every_figure(tiny_model, tmp_path):
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--cpu", "--steps", "2", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["skipped"] == []
+    assert figures["device"]["device"] == "cpu" and figures["device"]["peak_tflops"] > 0
+
+    args = figures["args"]
+    flops = figures["flops"]
+    assert flops["base_params"] > 0 and flops["lora_params"] > 0
+    assert flops["hardware_flops_per_token"] > flops["model_flops_per_token"] > 4 * flops["base_params"]
+    for side in ("ours", "trainer"):
+        run = figures[side]
+        assert 0 < run["tokens"] <= args["steps"] * args["micro_batch"] * args["seq_len"]
+        assert run["tokens_per_s"] == run["tokens"] / run["seconds"]
+        mfu = run["tokens_per_s"] * flops["model_flops_per_token"] / (figures["device"]["peak_tflops"] * 1e12)
+        assert math.isclose(run["mfu"], mfu) and 0 < run["mfu"] < run["hfu"]
+        assert run["peak_allocated_gib"] > 0
+    # Packing fills rows; one padded example per row cannot come close.
+    assert figures["ours"]["tokens"] > 0.8 * args["steps"] * args["micro_batch"] * args["seq_len"]
+    assert figures["ours"]["tokens"] > 2 * figures["trainer"]["tokens"]
+
+    cap = figures["cap"]
+    assert cap["track"] == "rtx4090-24gb" and cap["enforced"] is False and cap["fits"] is True
+
+    levels = figures["serve"]["levels"]
+    assert [level["concurrency"] for level in levels] == [1, 30]
+    assert [level["requests"] for level in levels] == args["requests"]
+    assert all(level["requests_per_s"] > 0 and level["generated_tokens_per_s"] > 0 for level in levels)
+
+    text = proc.stdout
+    for needle in ("FLOPs/token: model", "ours (train_step, packed)", "Trainer + peft (padded)", "MFU",
+                   "ratio ours / Trainer", "rtx4090-24gb cap 23.52 GiB", "FITS", "concurrency   1",
+                   "concurrency  30"):
+        assert needle in text, needle
+    assert figures["summary"] == text.split("total ")[0].strip().splitlines()[-len(figures["summary"]):]
