@@ -78,7 +78,7 @@ class Engine:
         self.prefixes = PrefixCache(settings.prefix_cache_tokens)
         self.texts = TokenTexts(tokenizer)
         self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self.rows: list[Job] = []  # requests being decoded; row i of the batch cache
+        self.rows: list[Job] = []  # requests being decoded (or just finished); row i of the batch cache
         self.cache = DynamicCache()
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.steps = 0
@@ -218,7 +218,7 @@ class Engine:
                     break
                 return None
             self._arrive(job)
-        room = self.settings.max_batch - len(self.rows)
+        room = self.settings.max_batch - len(self._running())
         budget = self.settings.prefill_budget if self.rows else float("inf")
         jobs: list[Job] = []
         while self.waiting and len(jobs) < room:
@@ -273,6 +273,8 @@ class Engine:
         return (entry, length) if length >= self.settings.min_prefix else (None, 0)
 
     def _cache_shared_prefixes(self, jobs: list[Job]) -> None:
+        if self.prefixes.max_tokens < self.settings.min_prefix:
+            return  # the cache is off
         misses = sorted(job.ids for job in jobs if self._cached(job.ids)[0] is None)
         shared: set[tuple[int, ...]] = set()
         for a, b in itertools.pairwise(misses):  # in sorted order, neighbours share the longest prefixes
@@ -363,8 +365,11 @@ class Engine:
             job.echoed[-1]["text"] += detokenizer.flush()
 
     def _step(self) -> None:
-        """One decoding step for every running request."""
+        """One decoding step for every running request. Finished rows stay in the batch, their
+        output ignored, until they are a quarter of it (or rows join): rebuilding the batch
+        copies all of its states, so it is done for several rows at once."""
         rows = self.rows
+        live = [i for i, job in enumerate(rows) if not job.future.done()]
         input_ids = torch.tensor([[job.last] for job in rows], device=self.device)
         positions = torch.tensor([[job.length] for job in rows], device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
@@ -376,12 +381,12 @@ class Engine:
             use_cache=True,
         )
         self.steps += 1
-        self.rows_decoded += len(rows)
-        for job in rows:
-            job.length += 1
-        going = self._advance(rows, out.logits[:, -1])
-        if not all(going):
-            keep = [i for i, go in enumerate(going) if go]
+        self.rows_decoded += len(live)
+        for i in live:
+            rows[i].length += 1
+        going = self._advance([rows[i] for i in live], out.logits[live, -1])
+        keep = [i for i, go in zip(live, going) if go]
+        if not keep or len(rows) - len(keep) > max(2, len(rows) // 4):
             self._set_batch([rows[i] for i in keep], [(kv_of(self.cache), self.mask, keep)])
 
     def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[bool]:
@@ -416,8 +421,13 @@ class Engine:
             return
         for i in keep:
             jobs[i].length = len(jobs[i].ids)
-        parts = [(kv_of(self.cache), self.mask, list(range(len(self.rows))))] if self.rows else []
-        self._set_batch(self.rows + [jobs[i] for i in keep], [*parts, (kv, mask, keep)])
+        running = self._running()
+        parts = [(kv_of(self.cache), self.mask, running)] if running else []
+        self._set_batch([self.rows[i] for i in running] + [jobs[i] for i in keep], [*parts, (kv, mask, keep)])
+
+    def _running(self) -> list[int]:
+        """Batch rows whose requests are still generating."""
+        return [i for i, job in enumerate(self.rows) if not job.future.done()]
 
     def _set_batch(self, rows: list[Job], parts: list[tuple[KV, torch.Tensor, list[int]]]) -> None:
         """Install the running batch built from `parts` (see batch_kv.assemble)."""
@@ -438,7 +448,7 @@ class Engine:
 
     def stats(self) -> dict:
         return {
-            "running": len(self.rows),
+            "running": len(self._running()),
             "queued": self.queue.qsize(),
             "decode_steps": self.steps,
             "mean_batch": self.rows_decoded / max(self.steps, 1),
