@@ -1,8 +1,10 @@
 """The running batch's key/value states: one tensor pair per layer, rows padded on the left.
 
-transformers' DynamicLayer concatenates on every step, copying the whole cache each token; a
-SpareLayer keeps spare columns and writes the step's column in place. When rows join or leave,
-`assemble` builds the new batch in one copy, dropping the columns no row attends to any more.
+transformers' DynamicLayer concatenates on every step, copying the whole cache each token. A
+SpareLayer keeps spare columns and spare rows: a decoding step writes its column in place, and a
+request joining the batch is written into a free row (a spare one, or one whose request has
+finished) when its prompt fits the batch's width. Only when it does not, or when finished rows
+or dead columns pile up, is the batch rebuilt, in one copy, by `assemble`.
 """
 
 from __future__ import annotations
@@ -16,43 +18,61 @@ SPARE = 64  # columns reserved per growth: one copy every SPARE decoding steps
 
 
 class SpareLayer(DynamicLayer):
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
-        """Buffers [rows, heads, capacity, dim] whose first `length` columns hold states."""
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int, length: int):
+        """Buffers [row capacity, heads, column capacity, dim]; the first `rows` rows and
+        `length` columns are the batch."""
         super().__init__()
         self.device, self.is_initialized = keys.device, True
         self.buffers = (keys, values)
+        self.rows = rows
         self._expose(length)
 
     @classmethod
-    def holding(cls, keys: torch.Tensor, values: torch.Tensor, spare: int = SPARE) -> SpareLayer:
+    def holding(
+        cls, keys: torch.Tensor, values: torch.Tensor, spare: int = SPARE, capacity: int = 0
+    ) -> SpareLayer:
+        """A layer holding copies of `keys` and `values`, with `spare` more columns and room
+        for `capacity` rows (at least as many as given)."""
         rows, heads, length, _ = keys.shape
+        capacity = max(capacity, rows)
         layer = cls(
-            keys.new_empty(rows, heads, length + spare, keys.shape[-1]),
-            values.new_empty(rows, heads, length + spare, values.shape[-1]),
+            keys.new_zeros(capacity, heads, length + spare, keys.shape[-1]),
+            values.new_zeros(capacity, heads, length + spare, values.shape[-1]),
+            rows,
             0,
         )
-        layer.buffers[0][:, :, :length] = keys
-        layer.buffers[1][:, :, :length] = values
+        layer.buffers[0][:rows, :, :length] = keys
+        layer.buffers[1][:rows, :, :length] = values
         layer._expose(length)
         return layer
 
     def _expose(self, length: int) -> None:
         self.length = length
-        self.keys = self.buffers[0][:, :, :length]
-        self.values = self.buffers[1][:, :, :length]
+        self.keys = self.buffers[0][: self.rows, :, :length]
+        self.values = self.buffers[1][: self.rows, :, :length]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         new = key_states.shape[-2]
         if self.length + new > self.buffers[0].shape[-2]:
-            grown = SpareLayer.holding(self.keys, self.values, max(new, SPARE))
+            grown = SpareLayer.holding(self.keys, self.values, max(new, SPARE), self.buffers[0].shape[0])
             self.buffers = grown.buffers
-        self.buffers[0][:, :, self.length : self.length + new] = key_states
-        self.buffers[1][:, :, self.length : self.length + new] = value_states
+        self.buffers[0][: self.rows, :, self.length : self.length + new] = key_states
+        self.buffers[1][: self.rows, :, self.length : self.length + new] = value_states
         self._expose(self.length + new)
         return self.keys, self.values
 
+    def place(self, row: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write one request's states [heads, tokens, dim] into `row`, ending at the last column.
+        Columns left of them keep old values: finite, and masked by the caller."""
+        width = keys.shape[1]
+        self.buffers[0][row, :, self.length - width : self.length] = keys
+        self.buffers[1][row, :, self.length - width : self.length] = values
+        if row >= self.rows:
+            self.rows = row + 1
+            self._expose(self.length)
 
-def cache_of(layers: list[SpareLayer]) -> DynamicCache:
+
+def cache_of(layers: list[DynamicLayer]) -> DynamicCache:
     cache = DynamicCache()
     cache.layers = list(layers)
     return cache
@@ -67,8 +87,31 @@ def left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
     return mask if missing == 0 else torch.cat([mask.new_zeros(mask.shape[0], missing), mask], dim=1)
 
 
+def place_rows(cache: DynamicCache, mask: torch.Tensor, slots: list[int], kv: KV, new_mask: torch.Tensor):
+    """Write new requests (row i of `kv` into batch row `slots[i]`) without rebuilding; returns
+    the batch's new mask. The new states must be no wider than the batch; `slots` are free rows
+    or the rows right after the last one, within the buffers' capacity."""
+    width = mask.shape[1]
+    for layer, (k, v) in zip(cache.layers, kv):
+        for i, slot in enumerate(slots):
+            layer.place(slot, k[i], v[i])
+    rows = max(mask.shape[0], max(slots) + 1)
+    if rows > mask.shape[0]:
+        mask = torch.cat([mask, mask.new_zeros(rows - mask.shape[0], width)])
+    padded = left_pad(new_mask, width)
+    for i, slot in enumerate(slots):
+        mask[slot] = padded[i]
+    return mask
+
+
+def capacity(cache: DynamicCache) -> int:
+    """Rows the batch can hold without a rebuild."""
+    layer = cache.layers[0] if cache.layers else None
+    return layer.buffers[0].shape[0] if isinstance(layer, SpareLayer) else 0
+
+
 def assemble(
-    parts: list[tuple[KV, torch.Tensor, list[int]]], spare: int = SPARE
+    parts: list[tuple[KV, torch.Tensor, list[int]]], spare: int = SPARE, rows_capacity: int = 0
 ) -> tuple[DynamicCache, torch.Tensor]:
     """One batch from parts (states, attention mask, rows to keep), each padded on the left to
     the widest; columns masked in every row are dropped. Returns the cache and its mask."""
@@ -77,15 +120,15 @@ def assemble(
     combined = torch.cat(masks)
     used = combined.any(dim=0)
     combined = combined[:, used]
+    total = combined.shape[0]
     layers = []
     for layer in range(len(parts[0][0])):
-        keys = values = None
+        k0, v0 = parts[0][0][layer]
+        shape = (max(rows_capacity, total), k0.shape[1], combined.shape[1] + spare)
+        keys, values = k0.new_zeros(*shape, k0.shape[-1]), v0.new_zeros(*shape, v0.shape[-1])
         row = 0
-        for (kv, mask, rows), padded in zip(parts, masks):
+        for kv, mask, rows in parts:
             k, v = kv[layer]
-            if keys is None:
-                keys = k.new_zeros(combined.shape[0], k.shape[1], combined.shape[1] + spare, k.shape[-1])
-                values = v.new_zeros(combined.shape[0], v.shape[1], combined.shape[1] + spare, v.shape[-1])
             first = width - mask.shape[1]  # this part's first column in the padded batch
             kept = used[first:]
             start, count = int(used[:first].sum()), int(kept.sum())
@@ -97,5 +140,5 @@ def assemble(
             keys[row : row + len(rows), :, start : start + count] = k
             values[row : row + len(rows), :, start : start + count] = v
             row += len(rows)
-        layers.append(SpareLayer(keys, values, combined.shape[1]))
+        layers.append(SpareLayer(keys, values, total, combined.shape[1]))
     return cache_of(layers), combined

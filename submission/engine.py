@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from submission.api import ProcessRequest
-from submission.batch_kv import KV, SpareLayer, assemble, cache_of, kv_of
+from submission.batch_kv import KV, SPARE, SpareLayer, assemble, cache_of, capacity, kv_of, place_rows
 from submission.decoding import Completion, Detokenizer, Sampler, TokenTexts, decode
 from submission.prefix_cache import Entry, PrefixCache, common_prefix
 from submission.settings import Settings
@@ -340,7 +340,7 @@ class Engine:
                 k, v = entry.kv[layer]
                 keys[i, :, cached - length : cached] = k[0, :, :length]
                 values[i, :, cached - length : cached] = v[0, :, :length]
-            layers.append(SpareLayer(keys, values, cached))
+            layers.append(SpareLayer(keys, values, len(rows), cached))
         for _, entry, length in entries:
             self.prefixes.touch(entry, length)
         return cache_of(layers)
@@ -386,8 +386,17 @@ class Engine:
             rows[i].length += 1
         going = self._advance([rows[i] for i in live], out.logits[live, -1])
         keep = [i for i, go in zip(live, going) if go]
-        if not keep or len(rows) - len(keep) > max(2, len(rows) // 4):
+        if not keep or self._wasteful(len(rows) - len(keep), keep):
             self._set_batch([rows[i] for i in keep], [(kv_of(self.cache), self.mask, keep)])
+
+    def _wasteful(self, finished: int, keep: list[int]) -> bool:
+        """Whether finished rows, or leading columns no running row attends to, cost the
+        decoding steps more than a rebuild would."""
+        if finished > max(4, len(self.rows) // 3):
+            return True
+        width = self.mask.shape[1]
+        unused = int(self.mask[keep].any(dim=0).int().argmax())  # leading columns no row uses
+        return unused > max(SPARE, width // 4)
 
     def _advance(self, jobs: list[Job], logits: torch.Tensor) -> list[bool]:
         """Choose each row's next token; finish the rows that end. True for rows that go on."""
@@ -414,7 +423,8 @@ class Engine:
         return going
 
     def _join(self, jobs: list[Job], kv: KV, mask: torch.Tensor, logits: torch.Tensor) -> None:
-        """Choose the first tokens of freshly computed prompts; rows that go on join the batch."""
+        """Choose the first tokens of freshly computed prompts; rows that go on join the batch:
+        written into free rows when they fit its width, else by rebuilding it."""
         going = self._advance(jobs, logits)
         keep = [i for i, go in enumerate(going) if go]
         if not keep:
@@ -422,6 +432,20 @@ class Engine:
         for i in keep:
             jobs[i].length = len(jobs[i].ids)
         running = self._running()
+        busy = set(running)
+        slots = [i for i in range(len(self.rows)) if i not in busy]
+        slots += list(range(len(self.rows), capacity(self.cache)))
+        if self.rows and mask.shape[1] <= self.mask.shape[1] and len(keep) <= len(slots):
+            slots = slots[: len(keep)]
+            index = torch.tensor(keep, device=mask.device)
+            new = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
+            self.mask = place_rows(self.cache, self.mask, slots, new, mask[keep])
+            for slot, i in zip(slots, keep):
+                if slot < len(self.rows):
+                    self.rows[slot] = jobs[i]
+                else:
+                    self.rows.append(jobs[i])
+            return
         parts = [(kv_of(self.cache), self.mask, running)] if running else []
         self._set_batch([self.rows[i] for i in running] + [jobs[i] for i in keep], [*parts, (kv, mask, keep)])
 
@@ -433,7 +457,7 @@ class Engine:
         """Install the running batch built from `parts` (see batch_kv.assemble)."""
         self.rows = rows
         if rows:
-            self.cache, self.mask = assemble(parts)
+            self.cache, self.mask = assemble(parts, rows_capacity=self.settings.max_batch)
         else:
             self.cache, self.mask = DynamicCache(), self.mask[:0, :0]
 
