@@ -83,7 +83,11 @@ class Engine:
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.steps = 0
         self.rows_decoded = 0  # sum of the batch sizes of all decoding steps
-        self.timing = {"prompt_s": 0.0, "decode_s": 0.0}  # worker time computing prompts / decoding
+        self.timing = {"prompt_s": 0.0, "decode_s": 0.0}
+        self.joins = {
+            "in_place": 0,
+            "rebuilding": 0,
+        }  # how requests joined the running batch  # worker time computing prompts / decoding
         self.last_intake = 0  # requests taken at the last intake
         self.waiting: deque[Job] = deque()  # arrived, not yet admitted
         self.worker = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -440,6 +444,7 @@ class Engine:
             index = torch.tensor(keep, device=mask.device)
             new = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
             self.mask = place_rows(self.cache, self.mask, slots, new, mask[keep])
+            self.joins["in_place"] += len(keep)
             for slot, i in zip(slots, keep):
                 if slot < len(self.rows):
                     self.rows[slot] = jobs[i]
@@ -447,6 +452,7 @@ class Engine:
                     self.rows.append(jobs[i])
             return
         parts = [(kv_of(self.cache), self.mask, running)] if running else []
+        self.joins["rebuilding"] += len(keep)
         self._set_batch([self.rows[i] for i in running] + [jobs[i] for i in keep], [*parts, (kv, mask, keep)])
 
     def _running(self) -> list[int]:
@@ -477,6 +483,7 @@ class Engine:
             "decode_steps": self.steps,
             "mean_batch": self.rows_decoded / max(self.steps, 1),
             **{key: round(value, 3) for key, value in self.timing.items()},
+            "joins": dict(self.joins),
             "prefix_cache": {
                 "entries": len(self.prefixes.entries),
                 "tokens": self.prefixes.tokens,

@@ -194,7 +194,9 @@ def post(client: httpx.Client, path: str, body) -> dict:
 def test_organizers_health_check_body_alone(client):
     body = post(client, "/process", {"prompt": "The capital of France is "})
     check_shape(body)
-    check_shape(post(client, "/process", {"prompt": "x", "echo_prompt": None, "stop_sequences": None, "seed": None}))
+    check_shape(
+        post(client, "/process", {"prompt": "x", "echo_prompt": None, "stop_sequences": None, "seed": None})
+    )
     assert len(body["tokens"]) <= 50  # the default max_new_tokens (sampled: EOS may come first)
     assert not body["text"].startswith("The capital")
 
@@ -417,6 +419,8 @@ def test_30_concurrent_clients_get_the_sequential_answers(servers, client):
     assert after["prefix_cache"]["hits"] > before["prefix_cache"]["hits"]
     rows = after["mean_batch"] * after["decode_steps"] - before["mean_batch"] * before["decode_steps"]
     assert rows / (after["decode_steps"] - before["decode_steps"]) > 1.5  # requests were decoded together
+    for way in ("in_place", "rebuilding"):  # both ways of joining the running batch were taken
+        assert after["joins"][way] > before["joins"][way]
 
 
 def test_cached_prefix_gives_the_uncached_answer(client, reference):
