@@ -11,7 +11,7 @@ seconds is skipped and says so, so a slow machine still returns figures):
    settings from configs/mistral-7b-qlora-4090.toml except the model, data (the bundled generated
    tasks), grad_accum (1) and the shape flags; one warm-up step, then --steps timed steps;
 3. trainer: a plain transformers Trainer + peft on the same model and settings, pad-to-longest
-   batches of the same micro-batch size, no packing, same number of steps;
+   batches of the same micro-batch size (or --baseline-batch), no packing, same number of steps;
 4. cap: our step again under the rtx4090-24gb track's memory cap (train.rules.apply_gpu_limits): does
    it fit? (CPU mode: no cap can be enforced, the measured peak is compared with it);
 5. serve: the adapter trained in phase 2 served by submission.engine (loaded by
@@ -38,6 +38,8 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,7 +47,7 @@ import torch
 from train_throughput import load_plain_qlora, time_ours, time_trainer  # bench/ is on sys.path
 
 from train.data import Example, build_examples, make_batches
-from train.model import attention_implementation, load_model, load_tokenizer, make_optimizer
+from train.model import attention_implementation, compute_dtype, load_model, load_tokenizer, make_optimizer
 from train.recipe import CONFIG_DIR, Recipe, load_recipe
 from train.rules import apply_gpu_limits, load_rules
 from train.tiny import EMBEDDED_ID
@@ -120,10 +122,11 @@ def device_facts(peak_override: float | None) -> dict:
         facts["peak_source"] = ("--peak-tflops" if peak_override else "data sheet, dense bf16" if sheet
                                 else "measured bf16 matmul (card not in the table)")
     else:
+        dtype = compute_dtype("auto")  # what the training phases compute in here
         facts |= {"device": "cpu", "threads": torch.get_num_threads(),
-                  "matmul_fp32_tflops": measured_matmul_tflops(torch.float32)}
-        facts["peak_tflops"] = peak_override or facts["matmul_fp32_tflops"]
-        facts["peak_source"] = "--peak-tflops" if peak_override else "measured fp32 matmul"
+                  "matmul_tflops": measured_matmul_tflops(dtype)}
+        facts["peak_tflops"] = peak_override or facts["matmul_tflops"]
+        facts["peak_source"] = "--peak-tflops" if peak_override else f"measured {dtype} matmul"
     return facts
 
 
@@ -216,7 +219,8 @@ def train_ours(recipe: Recipe, tokenizer, steps: int, adapter_dir: Path | None) 
     load_s = time.perf_counter() - started
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens, seconds = time_ours(model, optimizer, make_batches(recipe, tokenizer), recipe, steps, 0)
-    result = {"load_s": load_s, "lora_params": lora_params, "tokens": tokens, "seconds": seconds, **peak_memory()}
+    result = {"load_s": load_s, "micro_batch": recipe.train.micro_batch_size, "lora_params": lora_params,
+              "tokens": tokens, "seconds": seconds, **peak_memory()}
     if adapter_dir is not None:
         model.save_pretrained(adapter_dir)
     del model, optimizer
@@ -230,7 +234,8 @@ def train_trainer(recipe: Recipe, tokenizer, examples: list[Example], steps: int
     model = load_plain_qlora(recipe)
     load_s = time.perf_counter() - started
     tokens, seconds = time_trainer(model, tokenizer, examples, recipe, steps, seed=0)
-    result = {"load_s": load_s, "tokens": tokens, "seconds": seconds, **peak_memory()}
+    result = {"load_s": load_s, "micro_batch": recipe.train.micro_batch_size, "tokens": tokens,
+              "seconds": seconds, **peak_memory()}
     del model
     release()
     return result
@@ -250,7 +255,9 @@ def train_capped(recipe: Recipe, tokenizer, steps: int) -> dict:
     try:
         result = train_ours(recipe, tokenizer, steps, None)
         fits, error = True, ""
-    except torch.cuda.OutOfMemoryError as err:
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError, or a library's own CUDA OOM
+        if "out of memory" not in str(err).lower():
+            raise
         result, fits, error = peak_memory(), False, str(err).splitlines()[0]
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
@@ -311,28 +318,40 @@ def serve(folder: Path, adapter_dir: Path, levels: list[int], counts: list[int])
 # ---- the run -------------------------------------------------------------------------------------
 
 class Report:
-    """Figures so far, rewritten to --out after every phase (a timed-out run keeps what it measured)."""
+    """Figures so far, rewritten to --out after every phase (a timed-out run keeps what it measured).
+    A phase that fails is recorded with its error and the run goes on to the phases that do not
+    need it: one device run should bring back every figure it can."""
 
     def __init__(self, out: Path | None, budget_s: float):
         self.out, self.budget_s, self.started = out, budget_s, time.perf_counter()
-        self.figures: dict = {"skipped": []}
+        self.figures: dict = {"skipped": [], "failed": {}}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
-
-    def due(self, phase: str) -> bool:
-        if self.elapsed() < self.budget_s:
-            print(f"[{self.elapsed():6.1f} s] {phase} ...", flush=True)
-            return True
-        self.figures["skipped"].append(phase)
-        print(f"[{self.elapsed():6.1f} s] {phase}: skipped, past --budget-s {self.budget_s:.0f}", flush=True)
-        return False
 
     def add(self, key: str, value) -> None:
         self.figures[key] = value
         self.figures["elapsed_s"] = self.elapsed()
         if self.out:
             self.out.write_text(json.dumps(self.figures, indent=2, default=str) + "\n")
+
+    def phase(self, name: str, run: Callable[[], dict]) -> dict | None:
+        """run() recorded under `name`; None when skipped (past --budget-s) or failed."""
+        if self.elapsed() >= self.budget_s:
+            self.figures["skipped"].append(name)
+            print(f"[{self.elapsed():6.1f} s] {name}: skipped, past --budget-s {self.budget_s:.0f}", flush=True)
+            return None
+        print(f"[{self.elapsed():6.1f} s] {name} ...", flush=True)
+        try:
+            value = run()
+        except Exception as err:  # noqa: BLE001 - recorded, and the exit status says so
+            traceback.print_exc()
+            self.figures["failed"][name] = f"{type(err).__name__}: {err}".splitlines()[0]
+            self.add("failed", self.figures["failed"])
+            release()
+            return None
+        self.add(name, value)
+        return value
 
 
 def summary(figures: dict) -> list[str]:
@@ -355,7 +374,7 @@ def summary(figures: dict) -> list[str]:
             r = figures[key]
             lines.append(f"{label:27s} {r['tokens_per_s']:10.1f} non-pad tokens/s  MFU {r['mfu']:.3f}  "
                          f"HFU {r['hfu']:.3f}  peak {r['peak_allocated_gib']:.2f} GiB allocated / "
-                         f"{r['peak_reserved_gib']:.2f} reserved  (load {r['load_s']:.1f} s)")
+                         f"{r['peak_reserved_gib']:.2f} reserved  (micro-batch {r['micro_batch']}, load {r['load_s']:.1f} s)")
     if "ours" in figures and "trainer" in figures:
         lines.append(f"ratio ours / Trainer: {figures['ours']['tokens_per_s'] / figures['trainer']['tokens_per_s']:.2f}x")
     if "cap" in figures:
@@ -371,6 +390,8 @@ def summary(figures: dict) -> list[str]:
                          f"tokens/s, p50 {level['p50_latency_s']:.2f} s")
     if figures["skipped"]:
         lines.append(f"skipped (time budget): {', '.join(figures['skipped'])}")
+    for name, error in figures["failed"].items():
+        lines.append(f"FAILED {name}: {error}")
     return lines
 
 
@@ -382,6 +403,8 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--cap-steps", type=int, default=2, help="timed steps under the memory cap")
     parser.add_argument("--seq-len", type=int, help="max_seq_len of packed rows (default 2048 / 128)")
     parser.add_argument("--micro-batch", type=int, default=2, help="rows per step, both sides (4090 recipe: 2)")
+    parser.add_argument("--baseline-batch", type=int,
+                        help="the Trainer's examples per step (default: --micro-batch, as many rows as ours)")
     parser.add_argument("--lora-r", type=int, help="LoRA rank, alpha = 2r (default: the 4090 recipe's 128 / 8)")
     parser.add_argument("--examples", type=int, help="examples per generated task (default 2000 / 100)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 30], help="serving concurrency levels")
@@ -406,9 +429,33 @@ def parse_args(argv: list[str] | None):
         parser.error("give one --requests count per --levels entry")
     if args.threads < 0:
         parser.error("--threads must not be negative")
+    if args.baseline_batch is not None and args.baseline_batch < 1:
+        parser.error("--baseline-batch must be positive")
     if min(args.steps, args.cap_steps, args.seq_len, args.micro_batch, args.examples, *args.levels, *args.requests) < 1:
         parser.error("--steps, --cap-steps, --seq-len, --micro-batch, --examples, --levels and --requests must be positive")
     return args
+
+
+def measure(args, report: Report, work: Path) -> None:
+    """Phases 2-5 on the built model."""
+    dims, peak = SHAPES[args.shape], report.figures["device"]["peak_tflops"]
+    recipe = check_recipe(args, work / "model")
+    tokenizer = load_tokenizer(recipe.model.base)
+    examples = build_examples(recipe, tokenizer)
+    adapter_dir = work / "adapter"
+    ours = report.phase("ours", lambda: train_ours(recipe, tokenizer, args.steps, adapter_dir))
+    if ours:
+        flops = flops_per_token(dims, ours["lora_params"], examples)
+        report.add("flops", flops)
+        report.add("ours", ours | throughput(ours["tokens"], ours["seconds"], flops, peak))
+        baseline = dataclasses.replace(recipe, train=dataclasses.replace(
+            recipe.train, micro_batch_size=args.baseline_batch or args.micro_batch))
+        trainer = report.phase("trainer", lambda: train_trainer(baseline, tokenizer, examples, args.steps))
+        if trainer:
+            report.add("trainer", trainer | throughput(trainer["tokens"], trainer["seconds"], flops, peak))
+    report.phase("cap", lambda: train_capped(recipe, tokenizer, args.cap_steps))
+    if ours:
+        report.phase("serve", lambda: serve(work / "model", adapter_dir, args.levels, args.requests))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,36 +465,18 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(args.out, args.budget_s)
     report.add("args", {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
     report.add("device", device_facts(args.peak_tflops))
-    peak = report.figures["device"]["peak_tflops"]
     dims = SHAPES[args.shape]
     root = args.work_dir or work_root(2 * (base_params(dims) + dims["hidden_size"] * dims["vocab_size"]))
     work = Path(tempfile.mkdtemp(prefix="gpu-check-", dir=root))
     try:
-        report.due("build")
-        report.add("model", build_model(args.shape, work / "model"))
-        recipe = check_recipe(args, work / "model")
-        tokenizer = load_tokenizer(recipe.model.base)
-        examples = build_examples(recipe, tokenizer)
-        adapter_dir = work / "adapter"
-        if report.due("ours"):
-            ours = train_ours(recipe, tokenizer, args.steps, adapter_dir)
-            flops = flops_per_token(dims, ours["lora_params"], examples)
-            report.add("flops", flops)
-            report.add("ours", ours | throughput(ours["tokens"], ours["seconds"], flops, peak))
-        if "flops" in report.figures and report.due("trainer"):
-            trainer = train_trainer(recipe, tokenizer, examples, args.steps)
-            report.add("trainer", trainer | throughput(trainer["tokens"], trainer["seconds"],
-                                                       report.figures["flops"], peak))
-        if report.due("cap"):
-            report.add("cap", train_capped(recipe, tokenizer, args.cap_steps))
-        if adapter_dir.is_dir() and report.due("serve"):
-            report.add("serve", serve(work / "model", adapter_dir, args.levels, args.requests))
+        if report.phase("model", lambda: build_model(args.shape, work / "model")):
+            measure(args, report, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report.add("summary", summary(report.figures))
     print("\n".join(report.figures["summary"]))
     print(f"total {report.elapsed():.1f} s")
-    return 0
+    return 1 if report.figures["failed"] else 0
 
 
 if __name__ == "__main__":

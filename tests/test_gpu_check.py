@@ -20,7 +20,7 @@ def test_cpu_mode_reports_every_figure(tiny_model, tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert figures["skipped"] == []
+    assert figures["skipped"] == [] and figures["failed"] == {}
     assert figures["device"]["device"] == "cpu" and figures["device"]["peak_tflops"] > 0
 
     args = figures["args"]
