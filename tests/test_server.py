@@ -348,6 +348,10 @@ def test_bad_input_is_a_4xx_naming_the_field(client, path, body, field):
     assert client.post("/process", json={"prompt": "still up?", "max_new_tokens": 2}).status_code == 200
 
 
+def post_status(client: httpx.Client, path: str, content) -> int:
+    return client.post(path, content=content, headers={"content-type": "application/json"}).status_code
+
+
 def test_malformed_and_oversized_bodies(client):
     response = client.post(
         "/process", content=b'{"prompt": "x",', headers={"content-type": "application/json"}
@@ -363,6 +367,12 @@ def test_malformed_and_oversized_bodies(client):
             yield b"x" * (1024 * 1024)
 
     assert client.post("/tokenize", content=chunks()).status_code == 413
+
+    def small():  # chunked and within the limit: read and served
+        yield b'{"text": "hel'
+        yield b'lo"}'
+
+    assert post_status(client, "/tokenize", small()) == 200
     assert client.get("/health").status_code == 200
 
 
