@@ -115,15 +115,15 @@ def device_facts(peak_override: float | None) -> dict:
              "attention": attention_implementation("auto")}
     if on_cuda():
         props = torch.cuda.get_device_properties(0)
-        facts |= {"device": props.name, "memory_gib": props.total_memory / 2**30,
-                  "matmul_bf16_tflops": measured_matmul_tflops(torch.bfloat16)}
+        facts |= {"device": props.name, "memory_gib": props.total_memory / 2**30, "matmul_dtype": "bfloat16",
+                  "matmul_tflops": measured_matmul_tflops(torch.bfloat16)}
         sheet = next((tflops for name, tflops in PEAK_BF16_TFLOPS if name in props.name), None)
-        facts["peak_tflops"] = peak_override or sheet or facts["matmul_bf16_tflops"]
+        facts["peak_tflops"] = peak_override or sheet or facts["matmul_tflops"]
         facts["peak_source"] = ("--peak-tflops" if peak_override else "data sheet, dense bf16" if sheet
                                 else "measured bf16 matmul (card not in the table)")
     else:
         dtype = compute_dtype("auto")  # what the training phases compute in here
-        facts |= {"device": "cpu", "threads": torch.get_num_threads(),
+        facts |= {"device": "cpu", "threads": torch.get_num_threads(), "matmul_dtype": str(dtype),
                   "matmul_tflops": measured_matmul_tflops(dtype)}
         facts["peak_tflops"] = peak_override or facts["matmul_tflops"]
         facts["peak_source"] = "--peak-tflops" if peak_override else f"measured {dtype} matmul"
@@ -358,7 +358,8 @@ def summary(figures: dict) -> list[str]:
     lines = []
     dev = figures["device"]
     lines.append(f"device {dev['device']} (torch {dev['torch']}, transformers {dev['transformers']}, "
-                 f"attention {dev['attention']}); peak {dev['peak_tflops']:.4g} TFLOP/s ({dev['peak_source']})")
+                 f"attention {dev['attention']}); peak {dev['peak_tflops']:.4g} TFLOP/s ({dev['peak_source']}); "
+                 f"measured {dev['matmul_dtype']} matmul {dev['matmul_tflops']:.4g} TFLOP/s")
     if "model" in figures:
         m = figures["model"]
         lines.append(f"model: {m['shape']} shape, {m['params'] / 1e9:.2f}B params, random bf16 init "
