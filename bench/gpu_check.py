@@ -243,7 +243,8 @@ def train_trainer(recipe: Recipe, tokenizer, examples: list[Example], steps: int
 
 def train_capped(recipe: Recipe, tokenizer, steps: int) -> dict:
     """Our step under the track's memory cap. CUDA: enforced by the caching allocator, an
-    out-of-memory error means it does not fit. CPU: nothing to enforce, the peak is compared."""
+    out-of-memory error means it does not fit (the paged optimizer's managed memory and the CUDA
+    context are outside the cap). CPU: nothing to enforce, the peak is compared."""
     track = load_rules().tracks[CAP_TRACK]
     if not on_cuda():
         result = train_ours(recipe, tokenizer, steps, None)
