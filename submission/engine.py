@@ -21,6 +21,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -53,6 +54,7 @@ class Job:
     future: Future = field(default_factory=Future)
     echoed: list[dict] = field(default_factory=list)  # prompt tokens, when echo_prompt
     uncached: int = 0  # prompt tokens the prefix cache did not hold on arrival
+    lookup: tuple | None = None  # (prefix cache version, its answer) of the last lookup
     generated: int = 0
     length: int = 0  # this row's tokens whose states are in the batch cache
     last: int = -1  # the token to feed at the next step
@@ -236,8 +238,7 @@ class Engine:
 
     def _arrive(self, job: Job) -> None:
         """Queue a request for admission, noting how many of its prompt tokens need computing."""
-        _, cached = self._cached(job.ids)
-        job.uncached = len(job.ids) - cached
+        job.uncached = len(job.ids) - self._cached(job)[1]
         self.waiting.append(job)
 
     def _admit(self, jobs: list[Job]) -> None:
@@ -258,7 +259,7 @@ class Engine:
         passes of similar uncached lengths (less padding). Prompts of this intake that share a
         long prefix the cache lacks (a burst from one scenario) get it computed once, first."""
         self._cache_shared_prefixes(jobs)
-        rows = sorted(((job, *self._cached(job.ids)) for job in jobs), key=lambda r: len(r[0].ids) - r[2])
+        rows = sorted(((job, *self._cached(job)) for job in jobs), key=lambda r: len(r[0].ids) - r[2])
         chunks: list[list[Row]] = []
         for row in rows:
             own = len(row[0].ids) - row[2]
@@ -270,25 +271,33 @@ class Engine:
             chunks.append([row])
         return chunks
 
-    def _cached(self, ids: list[int]) -> tuple[Entry | None, int]:
-        """The cached prefix to build on (at least one prompt token is left to compute)."""
-        entry, length = self.prefixes.lookup(torch.tensor(ids))
+    def _cached(self, prompt: Job | list[int]) -> tuple[Entry | None, int]:
+        """The cached prefix to build on (at least one prompt token is left to compute). A
+        request remembers its answer until the cache changes."""
+        job = prompt if isinstance(prompt, Job) else None
+        if job is not None and job.lookup is not None and job.lookup[0] == self.prefixes.version:
+            return job.lookup[1]
+        ids = job.ids if job is not None else prompt
+        entry, length = self.prefixes.lookup(np.asarray(ids))
         length = min(length, len(ids) - 1)
-        return (entry, length) if length >= self.settings.min_prefix else (None, 0)
+        found = (entry, length) if length >= self.settings.min_prefix else (None, 0)
+        if job is not None:
+            job.lookup = (self.prefixes.version, found)
+        return found
 
     def _cache_shared_prefixes(self, jobs: list[Job]) -> None:
         if self.prefixes.max_tokens < self.settings.min_prefix:
             return  # the cache is off
-        misses = sorted(job.ids for job in jobs if self._cached(job.ids)[0] is None)
+        misses = sorted(job.ids for job in jobs if self._cached(job)[0] is None)
         shared: set[tuple[int, ...]] = set()
         for a, b in itertools.pairwise(misses):  # in sorted order, neighbours share the longest prefixes
-            length = min(common_prefix(torch.tensor(a), torch.tensor(b)), len(a) - 1, len(b) - 1)
+            length = min(common_prefix(np.asarray(a), np.asarray(b)), len(a) - 1, len(b) - 1)
             if length >= self.settings.min_prefix:
                 shared.add(tuple(a[:length]))
         for prefix in sorted(shared, key=len):  # shorter first: longer ones build on them
             ids = list(prefix)
             kv, _, _ = self._forward([(ids, *self._cached(ids))])
-            self.prefixes.insert(torch.tensor(ids), kv)
+            self.prefixes.insert(ids, kv)
 
     def _remember(self, rows: list[Row], kv: KV, mask: torch.Tensor) -> None:
         """Cache the prompts that the cache covered less than half of: they may start a new
@@ -298,7 +307,7 @@ class Engine:
                 continue
             columns = mask[i].nonzero().squeeze(1)
             self.prefixes.insert(
-                torch.tensor(job.ids), [(k[i : i + 1, :, columns], v[i : i + 1, :, columns]) for k, v in kv]
+                job.ids, [(k[i : i + 1, :, columns], v[i : i + 1, :, columns]) for k, v in kv]
             )
 
     def _forward(self, rows: list[Row], all_logits: bool = False) -> tuple[KV, torch.Tensor, torch.Tensor]:

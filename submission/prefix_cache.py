@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, heads, tokens, dim]
@@ -19,17 +20,18 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [batch, 
 
 @dataclass
 class Entry:
-    ids: torch.Tensor  # 1-D token ids of the cached prefix
+    ids: np.ndarray  # token ids of the cached prefix
     kv: KV  # batch of one
+    key: tuple[int, ...]
 
     def prefix(self, length: int) -> KV:
         """The states of the first `length` tokens (views: the entry stays unchanged)."""
         return [(k[:, :, :length], v[:, :, :length]) for k, v in self.kv]
 
 
-def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
-    differ = (a[:n] != b[:n]).nonzero()
+    differ = np.flatnonzero(a[:n] != b[:n])
     return int(differ[0]) if len(differ) else n
 
 
@@ -38,10 +40,11 @@ class PrefixCache:
         self.max_tokens = max_tokens
         self.entries: OrderedDict[tuple[int, ...], Entry] = OrderedDict()
         self.tokens = 0
+        self.version = 0  # changes whenever entries come or go: earlier lookups are stale
         self.hits = 0
         self.reused_tokens = 0
 
-    def lookup(self, ids: torch.Tensor) -> tuple[Entry | None, int]:
+    def lookup(self, ids: np.ndarray) -> tuple[Entry | None, int]:
         """The entry sharing the longest prefix with `ids`, and that prefix's length."""
         best, best_len = None, 0
         for entry in self.entries.values():
@@ -52,18 +55,19 @@ class PrefixCache:
 
     def touch(self, entry: Entry, used: int) -> None:
         """Record a use: the entry becomes the most recent."""
-        self.entries.move_to_end(tuple(entry.ids.tolist()))
+        self.entries.move_to_end(entry.key)
         self.hits += 1
         self.reused_tokens += used
 
-    def insert(self, ids: torch.Tensor, kv: KV) -> Entry | None:
+    def insert(self, ids: list[int], kv: KV) -> Entry | None:
         if len(ids) > self.max_tokens:
             return None
-        key = tuple(ids.tolist())
+        key = tuple(ids)
         if key in self.entries:
             self.entries.move_to_end(key)
             return self.entries[key]
-        entry = Entry(ids.clone(), kv)
+        self.version += 1
+        entry = Entry(np.array(ids, dtype=np.int64), kv, key)
         self.entries[key] = entry
         self.tokens += len(ids)
         while self.tokens > self.max_tokens:
