@@ -60,9 +60,8 @@ class Job:
     last: int = -1  # the token to feed at the next step
 
 
-Row = tuple[
-    Job | list[int], Entry | None, int
-]  # a prompt (request or bare ids), its cached prefix, its length
+# A prompt to compute (a request, or bare ids), the cached prefix it extends, and that prefix's length.
+Row = tuple[Job | list[int], Entry | None, int]
 
 
 class Engine:
@@ -85,11 +84,8 @@ class Engine:
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.steps = 0
         self.rows_decoded = 0  # sum of the batch sizes of all decoding steps
-        self.timing = {"prompt_s": 0.0, "decode_s": 0.0}
-        self.joins = {
-            "in_place": 0,
-            "rebuilding": 0,
-        }  # how requests joined the running batch  # worker time computing prompts / decoding
+        self.timing = {"prompt_s": 0.0, "decode_s": 0.0}  # worker time computing prompts / decoding
+        self.joins = {"in_place": 0, "rebuilding": 0}  # how requests joined the running batch
         self.last_intake = 0  # requests taken at the last intake
         self.waiting: deque[Job] = deque()  # arrived, not yet admitted
         self.worker = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -379,8 +375,8 @@ class Engine:
 
     def _step(self) -> None:
         """One decoding step for every running request. Finished rows stay in the batch, their
-        output ignored, until they are a quarter of it (or rows join): rebuilding the batch
-        copies all of its states, so it is done for several rows at once."""
+        output ignored, until joining requests take their place or they are a third of it:
+        rebuilding the batch copies all of its states, so it is done for several rows at once."""
         rows = self.rows
         live = [i for i, job in enumerate(rows) if not job.future.done()]
         input_ids = torch.tensor([[job.last] for job in rows], device=self.device)
