@@ -75,6 +75,9 @@ class Engine:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos = set(eos) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         self.special = set(tokenizer.all_special_ids)
+        # Set once, not per call: a per-call setting changes the shared tokenizer under the other
+        # request threads.
+        tokenizer.split_special_tokens = True
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.prefixes = PrefixCache(settings.prefix_cache_tokens)
         self.texts = TokenTexts(tokenizer)
@@ -94,14 +97,12 @@ class Engine:
     # ---- called from request threads -------------------------------------------------------
 
     def encode(self, text: str, truncation: bool = False, max_length: int | None = None) -> list[int]:
-        """Token ids as the model sees them. Special-token text typed in the input ("<s>") stays
-        text, so decode(encode(x)) == x."""
-        return self.tokenizer(
-            text,
-            truncation=truncation,
-            max_length=max_length if truncation else None,
-            split_special_tokens=True,
-        ).input_ids
+        """Token ids as the model sees them, BOS included; with truncation, the first
+        `max_length`. Special-token text typed in the input ("<s>") stays text, so
+        decode(encode(x)) == x. The cut is made here, not by the tokenizer: its truncation
+        settings are shared state, and request threads encode concurrently."""
+        ids = self.tokenizer(text).input_ids
+        return ids[:max_length] if truncation and max_length is not None else ids
 
     def decode(self, ids: list[int]) -> str:
         bad = [i for i in ids if not 0 <= i < self.vocab]

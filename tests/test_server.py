@@ -413,7 +413,15 @@ def test_30_concurrent_clients_get_the_sequential_answers(servers, client):
 
     def run(chunk: list[dict]) -> list[dict]:
         with servers["default"].client() as own:
-            return [post(own, "/process", r) for r in chunk]
+            bodies = []
+            for r in chunk:
+                bodies.append(post(own, "/process", r))
+                # Truncating tokenizations in between must not leak into other requests' prompts.
+                cut = post(own, "/tokenize", {"text": r["prompt"], "truncation": True, "max_length": 7})[
+                    "tokens"
+                ]
+                assert len(cut) == 7
+            return bodies
 
     order = list(range(len(requests)))[::-1]  # a different arrival order than the sequential run
     chunks = [order[i::30] for i in range(30)]
