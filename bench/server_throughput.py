@@ -6,7 +6,7 @@ p99 latency, and our/baseline ratios. The mix is HELM-shaped: per scenario a fix
 and five worked examples, then a varying question; mostly 1-token multiple choice, some 64-token
 generations, a few 400-token ones with a "\\n\\n" stop sequence, all greedy (temperature 1e-7).
 
-    python bench/server_throughput.py [--levels 1 8 30] [--requests 40 80 120] [--threads N]
+    python bench/server_throughput.py [--levels 1 8 30] [--requests 40 120 300] [--threads N]
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def main() -> None:
     )
     parser.add_argument("--model", default=EMBEDDED_ID)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 30])
-    parser.add_argument("--requests", type=int, nargs="+", default=[40, 80, 120], help="per level")
+    parser.add_argument("--requests", type=int, nargs="+", default=[40, 120, 300], help="per level")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads of each server (0: torch's default)"
     )
