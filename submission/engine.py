@@ -469,7 +469,9 @@ class Engine:
         """Install the running batch built from `parts` (see batch_kv.assemble)."""
         self.rows = rows
         if rows:
-            self.cache, self.mask = assemble(parts, rows_capacity=self.settings.max_batch)
+            # Spare rows for requests to join in place; bounded, as they cost memory and copying.
+            spare_rows = min(self.settings.max_batch, max(2 * len(rows), len(rows) + 4))
+            self.cache, self.mask = assemble(parts, rows_capacity=spare_rows)
         else:
             self.cache, self.mask = DynamicCache(), self.mask[:0, :0]
 
