@@ -125,6 +125,13 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch threads of each server (0: torch's default)"
     )
     parser.add_argument("--port", type=int, default=8590, help="ours; the baseline gets the next one")
+    parser.add_argument(
+        "--baseline-style",
+        choices=["sample", "threaded"],
+        default="sample",
+        help="sample: an async handler blocking the event loop, as the official samples;"
+        " threaded: a thread-pool handler behind a lock (stronger)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if len(args.requests) != len(args.levels):
@@ -132,7 +139,17 @@ def main() -> None:
 
     ours = start(["-m", "submission", "--model", args.model, "--threads", str(args.threads)], args.port, {})
     baseline = start(
-        ["bench/server_baseline.py", "--model", args.model, "--threads", str(args.threads)], args.port + 1, {}
+        [
+            "bench/server_baseline.py",
+            "--model",
+            args.model,
+            "--threads",
+            str(args.threads),
+            "--style",
+            args.baseline_style,
+        ],
+        args.port + 1,
+        {},
     )
     servers = {"ours": f"http://127.0.0.1:{args.port}", "baseline": f"http://127.0.0.1:{args.port + 1}"}
     results = []
