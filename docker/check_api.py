@@ -5,8 +5,8 @@
 First the organizers' health check, `POST /process {"prompt": "The capital of France is "}`,
 retried until it answers or --wait runs out (the judges try 10 times, 120 s apart); the seconds
 until it answered are printed as `healthy_after_s=...`. Then a request shaped like their HELM
-client's (all eight keys), a /tokenize -> /decode round trip, and GET /health naming the
-adapter that was asked for. Standard library only, so it runs
+client's (all eight keys), alone and from 30 threads at once (greedy answers must agree), a
+/tokenize -> /decode round trip, and GET /health naming the adapter that was asked for. Standard library only, so it runs
 with any host Python. Exits non-zero naming the first broken promise.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 HEALTH_CHECK = {"prompt": "The capital of France is "}
 JUDGES_REQUEST = {  # what the organizers' HELM client sends for a 1-token multiple-choice question
@@ -30,6 +31,7 @@ JUDGES_REQUEST = {  # what the organizers' HELM client sends for a 1-token multi
     "stop_sequences": [],
     "echo_prompt": False,
 }
+JUDGES_THREADS = 30
 RESPONSE_KEYS = ("text", "tokens", "logprob", "request_time")
 TOKEN_KEYS = ("text", "logprob", "top_logprob")
 
@@ -99,6 +101,13 @@ def main() -> int:
         print(f"healthy_after_s={took:.1f}")
         answer = post(base, "/process", JUDGES_REQUEST)
         check_completion(answer, max_tokens=1, top_k=1)
+        with ThreadPoolExecutor(JUDGES_THREADS) as pool:  # their client's threads, all at once
+            answers = list(pool.map(lambda _: post(base, "/process", JUDGES_REQUEST), range(JUDGES_THREADS)))
+        for other in answers:
+            check_completion(other, max_tokens=1, top_k=1)
+        texts = {other["text"] for other in answers}
+        if texts != {answer["text"]}:
+            raise Broken(f"greedy answers from {JUDGES_THREADS} threads {texts} differ from the lone {answer['text']!r}")
         tokens = post(base, "/tokenize", {"text": JUDGES_REQUEST["prompt"]})["tokens"]
         if post(base, "/decode", {"tokens": tokens})["text"] != JUDGES_REQUEST["prompt"]:
             raise Broken("/decode of /tokenize is not the original text")
@@ -108,8 +117,8 @@ def main() -> int:
     except (Broken, urllib.error.HTTPError) as err:
         print(f"check_api: FAIL: {err}", file=sys.stderr)
         return 1
-    print(f"check_api: ok: health check, judges' request ({answer['text']!r}), tokenize/decode round trip,"
-          f" adapter {served}")
+    print(f"check_api: ok: health check, judges' request ({answer['text']!r}) alone and from {JUDGES_THREADS}"
+          f" threads, tokenize/decode round trip, adapter {served}")
     return 0
 
 
