@@ -12,6 +12,7 @@ the same values alone or batched (up to float rounding).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import queue
@@ -84,6 +85,7 @@ class Engine:
         self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.rows: list[Job] = []  # requests being decoded (or just finished); row i of the batch cache
         self.cache = DynamicCache()
+        self.cache_kwarg = cache_kwarg(model)
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
         self.steps = 0
         self.rows_decoded = 0  # sum of the batch sizes of all decoding steps
@@ -331,11 +333,11 @@ class Engine:
             input_ids=input_ids.to(self.device),
             attention_mask=mask,
             position_ids=positions.to(self.device),
-            cache=cache,
             use_cache=True,
             logits_to_keep=0 if all_logits else 1,
+            **{self.cache_kwarg: cache},
         )
-        return kv_of(out.cache), mask, out.logits
+        return kv_of(cache), mask, out.logits  # the cache object is filled in place
 
     def _prefix_cache(self, rows: list[Row], cached: int, width: int) -> DynamicCache:
         """The rows' cached prefix states, right-aligned at column `cached`, with room for
@@ -387,8 +389,8 @@ class Engine:
             input_ids=input_ids,
             attention_mask=self.mask,
             position_ids=positions,
-            cache=self.cache,
             use_cache=True,
+            **{self.cache_kwarg: self.cache},
         )
         self.steps += 1
         self.rows_decoded += len(live)
@@ -499,3 +501,10 @@ class Engine:
                 "reused_tokens": self.prefixes.reused_tokens,
             },
         }
+
+
+def cache_kwarg(model) -> str:
+    """The forward argument that takes the KV cache: `cache` since transformers 5.2x,
+    `past_key_values` before (the GPU image's 5.17)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
