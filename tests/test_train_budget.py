@@ -81,8 +81,9 @@ def test_sigterm_stops_gracefully_with_a_checkpoint_and_a_second_signal_hard(tmp
     hung = tmp_path / "hung"
     proc = subprocess.Popen(train_cmd("--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "5m",
                                       "--output-dir", str(hung)), cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HARNESS_TEST_HANG_AT_STEP": "3"})
-    wait_for(lambda: (hung / "adapter").exists(), proc)
+                            env={**os.environ, "HARNESS_TEST_HANG_AT_STEP": "2"})
+    wait_for(lambda: (hung / "checkpoints" / "step-0000001").exists(), proc)
+    time.sleep(1)  # step 2 has begun, and never ends
     proc.send_signal(signal.SIGTERM)
     time.sleep(1)
     proc.send_signal(signal.SIGINT)  # the step never ends, so only the hard path can stop it
