@@ -18,7 +18,7 @@ def train_cmd(*args: str) -> list[str]:
 def run_train(*args: str, env: dict | None = None, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     """Run the training CLI to the end; returns the process and its wall time seen from outside."""
     started = time.monotonic()
-    proc = subprocess.run(train_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    proc = subprocess.run(train_cmd(*args), cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, **(env or {})})
     return proc, time.monotonic() - started
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from train.recipe import CONFIG_DIR, RecipeError, dump_recipe, load_recipe, parse_recipe
 from tests.helpers import run_train
+from train.recipe import CONFIG_DIR, RecipeError, dump_recipe, load_recipe, parse_recipe
 
 GOOD_DATA = [{"kind": "generated", "name": "mc_arith"}]
 

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -40,7 +40,7 @@ class Ledger:
         self.budget_s = budget_s
         self.attempts: list[dict] = previous.get("attempts", [])
         self.train_origin_s: float | None = previous.get("train_origin_s")
-        self.current = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        self.current = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                         "seconds": 0.0, "phases": {}, "end": "running"}
         self.attempts.append(self.current)
         self.used_before = sum(a["seconds"] for a in self.attempts[:-1])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,7 @@ def compute_dtype(setting: str) -> torch.dtype:
 
 def _cpu_has_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo", encoding="ascii").read()
+        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -87,16 +87,18 @@ def memory_estimate_gib(shape: Shape, recipe: Recipe) -> dict[str, float]:
 def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
     """The plan as text."""
     m, t = recipe.model, recipe.train
-    lines = [f"recipe      {recipe.name} ({recipe.source_file})",
-             f"model       {m.base} (quantization {m.quantization}, double quant {m.double_quant}, "
-             f"compute {m.compute_dtype}, attention {m.attention})",
-             f"lora        r={recipe.lora.r} alpha={recipe.lora.alpha} dropout={recipe.lora.dropout} "
-             f"on {', '.join(recipe.lora.targets)}",
-             f"training    seq {t.max_seq_len}, micro-batch {t.micro_batch_size} x accum {t.grad_accum}, lr {t.lr} "
-             f"{t.schedule} (floor {t.min_lr_ratio}, warmup {t.warmup_frac:.0%}), {t.optimizer}, "
-             f"packing {t.packing}, NEFTune {t.neftune_alpha or 'off'}",
-             f"limits      budget {budget_s:.0f}s on track {track_name}"
-             + (f", max_steps {t.max_steps}" if t.max_steps else "") + (f", epochs {t.epochs}" if t.epochs else "")]
+    lines = [
+        f"recipe      {recipe.name} ({recipe.source_file})",
+        (f"model       {m.base} (quantization {m.quantization}, double quant {m.double_quant}, "
+         f"compute {m.compute_dtype}, attention {m.attention})"),
+        (f"lora        r={recipe.lora.r} alpha={recipe.lora.alpha} dropout={recipe.lora.dropout} "
+         f"on {', '.join(recipe.lora.targets)}"),
+        (f"training    seq {t.max_seq_len}, micro-batch {t.micro_batch_size} x accum {t.grad_accum}, lr {t.lr} "
+         f"{t.schedule} (floor {t.min_lr_ratio}, warmup {t.warmup_frac:.0%}), {t.optimizer}, "
+         f"packing {t.packing}, NEFTune {t.neftune_alpha or 'off'}"),
+        (f"limits      budget {budget_s:.0f}s on track {track_name}"
+         + (f", max_steps {t.max_steps}" if t.max_steps else "") + (f", epochs {t.epochs}" if t.epochs else "")),
+    ]
     for i, s in enumerate(recipe.data):
         lines.append(f"data[{i}]     {s.kind} {s.name or s.path} (template {s.template}, weight {s.weight}"
                      + (f", first {s.max_examples}" if s.max_examples else "") + ")")

@@ -17,8 +17,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from train.checkpoint import (checkpoint_dirs, load_checkpoint, publish_lock, recover_adapter,
-                              save_checkpoint, save_final_adapter)
+from train.checkpoint import (
+    checkpoint_dirs,
+    load_checkpoint,
+    publish_lock,
+    recover_adapter,
+    save_checkpoint,
+    save_final_adapter,
+)
 from train.ledger import Ledger
 from train.loop import LoopState, run_loop
 from train.recipe import Recipe, dump_recipe, load_recipe
@@ -106,7 +112,8 @@ class TrainingRun:
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> int:
-        from train import data, model as model_lib
+        from train import data
+        from train import model as model_lib
 
         self.watchdog.start()
         say(f"run folder  {self.run_dir}\nbudget      {self.limits.budget_s:.0f}s on track {self.limits.track}, "
