@@ -14,12 +14,12 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-WORDS = (
+WORDS = (  # noqa: SIM905 - the word list reads better as prose
     "apple river stone garden window yellow planet candle rabbit silver bottle forest "
     "pocket ladder butter mirror orange summer winter castle dragon pencil travel market "
     "island jacket little button carpet rocket singer coffee banana tomato violin kitten "
     "meadow harbor marble puzzle shadow thunder velvet wizard anchor bridge cookie falcon"
-).split()  # noqa: SIM905 - one word list reads better as prose
+).split()
 LETTERS = "ABCD"
 
 
