@@ -183,8 +183,11 @@ class Batches:
         tokens = sum(len(e.input_ids) for row in self.rows for e in row)
         if self.packed:
             return tokens, len(self.rows) * (self.width or 0)
-        return tokens, sum(max(len(r[0].input_ids) for r in self.rows[i:i + self.batch_size]) * len(
-            self.rows[i:i + self.batch_size]) for i in range(0, len(self.rows), self.batch_size))
+        slots = 0
+        for i in range(0, len(self.rows), self.batch_size):  # each batch pads to its longest row
+            lengths = [len(row[0].input_ids) for row in self.rows[i:i + self.batch_size]]
+            slots += max(lengths) * len(lengths)
+        return tokens, slots
 
 
 def make_batches(recipe: Recipe, tokenizer) -> Batches:

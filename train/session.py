@@ -17,6 +17,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from transformers import set_seed
+
+from train import data
+from train import model as model_lib
 from train.checkpoint import (
     checkpoint_dirs,
     load_checkpoint,
@@ -27,6 +31,7 @@ from train.checkpoint import (
 )
 from train.ledger import Ledger
 from train.loop import LoopState, run_loop
+from train.metrics import MetricsLog, peak_memory_mib
 from train.recipe import Recipe, dump_recipe, load_recipe
 from train.watchdog import EXIT_OK, EXIT_SIGNAL, Watchdog
 
@@ -112,15 +117,10 @@ class TrainingRun:
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> int:
-        from train import data
-        from train import model as model_lib
-
         self.watchdog.start()
         say(f"run folder  {self.run_dir}\nbudget      {self.limits.budget_s:.0f}s on track {self.limits.track}, "
             f"{self.ledger.left():.0f}s left" + (f" after {len(self.ledger.attempts) - 1} earlier attempt(s)"
                                                if self.resume else ""))
-        from transformers import set_seed
-
         set_seed(self.recipe.train.seed)  # LoRA's initial weights, dropout: the same run twice gives the same adapter
         with self.ledger.phase("load"):
             tokenizer = model_lib.load_tokenizer(self.recipe.model.base)
@@ -143,13 +143,8 @@ class TrainingRun:
         if not (self.run_dir / "adapter").exists():
             # Publish the untrained adapter at once: the run has a servable result from here on, and
             # the save's cost is measured before the watchdog must rely on it.
-            started = time.monotonic()
-            with self.ledger.phase("checkpoint"):
-                save_final_adapter(self.run_dir, self.model)
-            self.watchdog.note_save(time.monotonic() - started)
+            self.measured_save(lambda: save_final_adapter(self.run_dir, self.model))
         self.ledger.mark_train_origin()
-        from train.metrics import MetricsLog
-
         self.metrics = MetricsLog(self.run_dir, self.recipe, self.limits.budget_s)
         try:
             reason = run_loop(self.recipe, self.model, self.optimizer, batches, self.state,
@@ -161,7 +156,7 @@ class TrainingRun:
             reason = self.watchdog.reason or "budget"
         if reason != "budget":  # no deadline pressure: leave a checkpoint that --resume can extend
             with self.ledger.phase("checkpoint"):
-                save_checkpoint(self.run_dir, self.model, self.optimizer, self.checkpoint_state())
+                save_checkpoint(self.run_dir, self.model, self.optimizer, asdict(self.state))
         with self.ledger.phase("final_save"):
             save_final_adapter(self.run_dir, self.model)
         return self.end(reason, EXIT_SIGNAL if reason == "signal" else EXIT_OK)
@@ -186,12 +181,7 @@ class TrainingRun:
         window = self.limits.budget_s - self.watchdog.stop_lead_s() - origin
         return (self.ledger.used() - origin) / window if window > 0 else 1.0
 
-    def checkpoint_state(self) -> dict:
-        return asdict(self.state)
-
     def after_step(self, state: LoopState, lr: float, seconds: float, tokens_per_s: float) -> None:
-        from train.metrics import peak_memory_mib
-
         self.ledger.add("train", seconds)
         if state.step > 1 or self.resume:  # the first step also warms up kernels and allocators
             self.watchdog.note_step(seconds)
@@ -201,8 +191,12 @@ class TrainingRun:
         self.metrics.log(row, self.ledger.used(), self.ledger.left())
         due = time.monotonic() - self.last_checkpoint >= self.limits.checkpoint_every_s
         if (state.step == 1 or due) and not self.watchdog.stop.is_set():
-            started = time.monotonic()
-            with self.ledger.phase("checkpoint"):
-                save_checkpoint(self.run_dir, self.model, self.optimizer, self.checkpoint_state())
-            self.watchdog.note_save(time.monotonic() - started)
+            self.measured_save(lambda: save_checkpoint(self.run_dir, self.model, self.optimizer, asdict(state)))
             self.last_checkpoint = time.monotonic()
+
+    def measured_save(self, save) -> None:
+        """Run a save in the checkpoint phase and tell the watchdog what it cost."""
+        started = time.monotonic()
+        with self.ledger.phase("checkpoint"):
+            save()
+        self.watchdog.note_save(time.monotonic() - started)
