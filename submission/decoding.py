@@ -133,9 +133,8 @@ class Sampler:
             self.generator.manual_seed(self.seed)
 
     def choose(self, logits: torch.Tensor) -> int:
-        """Next token from one row of float32 logits (on the CPU)."""
-        if self.greedy:
-            return int(logits.argmax())
+        """A sampled next token from one row of float32 logits (on the CPU). Greedy requests
+        need no sampler call: the engine takes one argmax over the whole batch."""
         scores = self.warpers(None, logits.unsqueeze(0))
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=self.generator))

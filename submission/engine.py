@@ -27,6 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from submission.api import ProcessRequest
+from submission.attention import additive_mask
 from submission.batch_kv import KV, SPARE, SpareLayer, assemble, cache_of, capacity, kv_of, place_rows
 from submission.decoding import Completion, Detokenizer, Sampler, TokenTexts, decode
 from submission.prefix_cache import Entry, PrefixCache, common_prefix
@@ -69,6 +70,7 @@ class Engine:
     def __init__(self, model, tokenizer, settings: Settings):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.device = next(model.parameters()).device
+        self.dtype = model.get_input_embeddings().weight.dtype  # the activations' dtype, for masks
         model_context = getattr(model.config, "max_position_embeddings", None) or settings.context
         self.context = min(settings.context, model_context)
         self.vocab = len(tokenizer)
@@ -331,7 +333,7 @@ class Engine:
         cache = DynamicCache() if cached == 0 else self._prefix_cache(rows, cached, width)
         out = self.model(
             input_ids=input_ids.to(self.device),
-            attention_mask=mask,
+            attention_mask=additive_mask(mask, width, self.dtype),
             position_ids=positions.to(self.device),
             use_cache=True,
             logits_to_keep=0 if all_logits else 1,
@@ -342,19 +344,26 @@ class Engine:
     def _prefix_cache(self, rows: list[Row], cached: int, width: int) -> DynamicCache:
         """The rows' cached prefix states, right-aligned at column `cached`, with room for
         `width` more columns written in place by the forward pass."""
-        entries = [(i, entry, length) for i, (_, entry, length) in enumerate(rows) if entry is not None]
+        # Rows of one scenario usually extend the same prefix: one copy per (entry, length).
+        groups: dict[tuple[int, int], tuple[Entry, int, list[int]]] = {}
+        for i, (_, entry, length) in enumerate(rows):
+            if entry is not None:
+                groups.setdefault((id(entry), length), (entry, length, []))[2].append(i)
+        first = next(iter(groups.values()))[0]
         layers = []
-        for layer in range(len(entries[0][1].kv)):
-            k0, v0 = entries[0][1].kv[layer]
+        for layer in range(len(first.kv)):
+            k0, v0 = first.kv[layer]
             keys = k0.new_zeros(len(rows), k0.shape[1], cached + width, k0.shape[-1])
             values = v0.new_zeros(len(rows), v0.shape[1], cached + width, v0.shape[-1])
-            for i, entry, length in entries:
+            for entry, length, members in groups.values():
                 k, v = entry.kv[layer]
-                keys[i, :, cached - length : cached] = k[0, :, :length]
-                values[i, :, cached - length : cached] = v[0, :, :length]
+                index = torch.tensor(members, device=keys.device)
+                keys[index, :, cached - length : cached] = k[:, :, :length]
+                values[index, :, cached - length : cached] = v[:, :, :length]
             layers.append(SpareLayer(keys, values, len(rows), cached))
-        for _, entry, length in entries:
-            self.prefixes.touch(entry, length)
+        for entry, length, members in groups.values():
+            for _ in members:
+                self.prefixes.touch(entry, length)
         return cache_of(layers)
 
     def _echo(self, job: Job, logits: torch.Tensor) -> None:
@@ -387,7 +396,7 @@ class Engine:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
         out = self.model(
             input_ids=input_ids,
-            attention_mask=self.mask,
+            attention_mask=additive_mask(self.mask, 1, self.dtype),
             position_ids=positions,
             use_cache=True,
             **{self.cache_kwarg: self.cache},
@@ -415,11 +424,12 @@ class Engine:
         logits = logits.float().cpu()
         logprobs = torch.log_softmax(logits, dim=-1)
         top_lp, top_ids = logprobs.topk(max(job.top_k_per_token for job in jobs), dim=-1)
+        greedy = logits.argmax(dim=-1).tolist()  # one call for the batch, not one per row
         going = []
         for i, job in enumerate(jobs):
             done = job.generated >= job.max_new_tokens
             if not done:
-                token = job.sampler.choose(logits[i])
+                token = greedy[i] if job.sampler.greedy else job.sampler.choose(logits[i])
                 done = token in self.eos
             if not done:
                 k = job.top_k_per_token

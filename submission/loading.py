@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from submission import attention
 from submission.settings import Settings
 from train.tiny import resolve_model_id
 
@@ -42,7 +43,7 @@ def load(settings: Settings) -> tuple[torch.nn.Module, object, str]:
             f"adapter {settings.adapter!r} is not a PEFT adapter folder (no adapter_config.json)"
         )
 
-    kwargs: dict = {"attn_implementation": "sdpa"}
+    kwargs: dict = {"attn_implementation": attention.NAME}
     if quant == "nf4":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

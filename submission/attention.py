@@ -1,0 +1,72 @@
+"""The served model's attention: PyTorch SDPA under the engine's own masks.
+
+The engine lays batches out itself (rows left-padded, prompts on top of cached prefixes) and
+passes every forward a ready 4-D additive mask, which transformers hands to each layer as it is:
+no per-forward mask building, and no boolean mask for SDPA to convert in every layer. Registered
+with transformers' AttentionInterface under NAME; load models with `attn_implementation=NAME`.
+
+Grouped-query attention (more query heads than key/value heads, as in Llama 3 and Mistral) runs
+without copying keys and values per query head on the CPU: one query token per row is folded into
+the key/value heads (the heads that share keys become query positions), longer queries use
+SDPA's enable_gqa. On CUDA the keys and values are repeated, as transformers does: with a mask, its
+fused kernels take no grouped queries.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+NAME = "harness_sdpa"
+
+
+def attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query [batch, heads, tokens, dim], key and value [batch, kv heads, keys, dim]; returns the
+    output as [batch, tokens, heads, dim], as transformers' attention functions do."""
+    batch, heads, tokens, dim = query.shape
+    groups = heads // key.shape[1]
+    causal = attention_mask is None and tokens > 1
+    if groups > 1 and query.device.type != "cpu":
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    elif groups > 1 and tokens == 1:
+        folded = query.reshape(batch, heads // groups, groups, dim)
+        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask, scale=scaling)
+        return out.reshape(batch, 1, heads, dim), None
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        is_causal=causal,
+        scale=scaling,
+        enable_gqa=groups > 1 and query.device.type == "cpu",
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def additive_mask(mask: torch.Tensor, queries: int, dtype: torch.dtype) -> torch.Tensor:
+    """The 4-D additive mask [rows, 1, queries, columns] of a batch whose 2-D `mask` marks each
+    row's real columns, the queries being its last `queries` columns (causal among them). Masked
+    entries get the dtype's lowest finite value, not -inf: a query with nothing to attend to
+    (left padding) then gets a finite, ignored output instead of NaN."""
+    width = mask.shape[1]
+    columns = torch.arange(width, device=mask.device)
+    allowed = mask.bool()[:, None, None, :] & (columns <= columns[width - queries :, None])
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~allowed, torch.finfo(dtype).min
+    )
+
+
+AttentionInterface.register(NAME, attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)  # for callers that pass 2-D masks
