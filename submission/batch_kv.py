@@ -87,20 +87,22 @@ def left_pad(mask: torch.Tensor, width: int) -> torch.Tensor:
     return mask if missing == 0 else torch.cat([mask.new_zeros(mask.shape[0], missing), mask], dim=1)
 
 
-def place_rows(cache: DynamicCache, mask: torch.Tensor, slots: list[int], kv: KV, new_mask: torch.Tensor):
-    """Write new requests (row i of `kv` into batch row `slots[i]`) without rebuilding; returns
-    the batch's new mask. The new states must be no wider than the batch; `slots` are free rows
-    or the rows right after the last one, within the buffers' capacity."""
+def place_rows(
+    cache: DynamicCache, mask: torch.Tensor, slots: list[int], kv: KV, new_mask: torch.Tensor, rows: list[int]
+) -> torch.Tensor:
+    """Write new requests (row rows[i] of `kv` and `new_mask` into batch row `slots[i]`) without
+    rebuilding; returns the batch's new mask. The new states must be no wider than the batch;
+    `slots` are free rows or the rows right after the last one, within the buffers' capacity."""
     width = mask.shape[1]
     for layer, (k, v) in zip(cache.layers, kv):
-        for i, slot in enumerate(slots):
-            layer.place(slot, k[i], v[i])
-    rows = max(mask.shape[0], max(slots) + 1)
-    if rows > mask.shape[0]:
-        mask = torch.cat([mask, mask.new_zeros(rows - mask.shape[0], width)])
+        for slot, row in zip(slots, rows):
+            layer.place(slot, k[row], v[row])
+    total = max(mask.shape[0], max(slots) + 1)
+    if total > mask.shape[0]:
+        mask = torch.cat([mask, mask.new_zeros(total - mask.shape[0], width)])
     padded = left_pad(new_mask, width)
-    for i, slot in enumerate(slots):
-        mask[slot] = padded[i]
+    for slot, row in zip(slots, rows):
+        mask[slot] = padded[row]
     return mask
 
 

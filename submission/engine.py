@@ -344,26 +344,19 @@ class Engine:
     def _prefix_cache(self, rows: list[Row], cached: int, width: int) -> DynamicCache:
         """The rows' cached prefix states, right-aligned at column `cached`, with room for
         `width` more columns written in place by the forward pass."""
-        # Rows of one scenario usually extend the same prefix: one copy per (entry, length).
-        groups: dict[tuple[int, int], tuple[Entry, int, list[int]]] = {}
-        for i, (_, entry, length) in enumerate(rows):
-            if entry is not None:
-                groups.setdefault((id(entry), length), (entry, length, []))[2].append(i)
-        first = next(iter(groups.values()))[0]
+        entries = [(i, entry, length) for i, (_, entry, length) in enumerate(rows) if entry is not None]
         layers = []
-        for layer in range(len(first.kv)):
-            k0, v0 = first.kv[layer]
+        for layer in range(len(entries[0][1].kv)):
+            k0, v0 = entries[0][1].kv[layer]
             keys = k0.new_zeros(len(rows), k0.shape[1], cached + width, k0.shape[-1])
             values = v0.new_zeros(len(rows), v0.shape[1], cached + width, v0.shape[-1])
-            for entry, length, members in groups.values():
+            for i, entry, length in entries:
                 k, v = entry.kv[layer]
-                index = torch.tensor(members, device=keys.device)
-                keys[index, :, cached - length : cached] = k[:, :, :length]
-                values[index, :, cached - length : cached] = v[:, :, :length]
+                keys[i, :, cached - length : cached] = k[0, :, :length]
+                values[i, :, cached - length : cached] = v[0, :, :length]
             layers.append(SpareLayer(keys, values, len(rows), cached))
-        for entry, length, members in groups.values():
-            for _ in members:
-                self.prefixes.touch(entry, length)
+        for _, entry, length in entries:
+            self.prefixes.touch(entry, length)
         return cache_of(layers)
 
     def _echo(self, job: Job, logits: torch.Tensor) -> None:
@@ -459,9 +452,7 @@ class Engine:
         slots += list(range(len(self.rows), capacity(self.cache)))
         if self.rows and mask.shape[1] <= self.mask.shape[1] and len(keep) <= len(slots):
             slots = slots[: len(keep)]
-            index = torch.tensor(keep, device=mask.device)
-            new = [(k.index_select(0, index), v.index_select(0, index)) for k, v in kv]
-            self.mask = place_rows(self.cache, self.mask, slots, new, mask[keep])
+            self.mask = place_rows(self.cache, self.mask, slots, kv, mask, keep)
             self.joins["in_place"] += len(keep)
             for slot, i in zip(slots, keep):
                 if slot < len(self.rows):
