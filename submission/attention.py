@@ -29,11 +29,11 @@ def attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
-    dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """query [batch, heads, tokens, dim], key and value [batch, kv heads, keys, dim]; returns the
-    output as [batch, tokens, heads, dim], as transformers' attention functions do."""
+    output as [batch, tokens, heads, dim], as transformers' attention functions do. Serving only:
+    `kwargs` (dropout, which is 0 in eval mode, and the rest) are not used."""
     batch, heads, tokens, dim = query.shape
     groups = heads // key.shape[1]
     causal = attention_mask is None and tokens > 1
