@@ -114,9 +114,8 @@ def test_kill_9_then_resume_continues_the_same_budget(tmp_path: Path, tiny_model
 
 
 def test_resumed_run_reaches_the_same_weights_as_an_uninterrupted_one(tmp_path: Path):
-    # LoRA dropout off: with it on, the resumed trajectory drifts by ~0.3% after 3 steps (an RNG
-    # difference not yet tracked down); everything else (weights, optimizer, data position) is exact.
-    recipe = write_recipe(tmp_path / "r.toml", "max_steps = 6", "[lora]\ndropout = 0.0")
+    # LoRA dropout on: the restored RNG state must give the same dropout masks.
+    recipe = write_recipe(tmp_path / "r.toml", "max_steps = 6", "[lora]\ndropout = 0.1")
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert run_train("--config", str(recipe), "--output-dir", str(whole), "--budget", "5m")[0].returncode == 0
     first, _ = run_train("--config", str(recipe), "--output-dir", str(split), "--budget", "5m", "--max-steps", "3")
