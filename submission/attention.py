@@ -5,11 +5,10 @@ passes every forward a ready 4-D additive mask, which transformers hands to each
 no per-forward mask building, and no boolean mask for SDPA to convert in every layer. Registered
 with transformers' AttentionInterface under NAME; load models with `attn_implementation=NAME`.
 
-Grouped-query attention (more query heads than key/value heads, as in Llama 3 and Mistral) runs
-without copying keys and values per query head on the CPU: one query token per row is folded into
-the key/value heads (the heads that share keys become query positions), longer queries use
-SDPA's enable_gqa. On CUDA the keys and values are repeated, as transformers does: with a mask, its
-fused kernels take no grouped queries.
+Grouped-query attention (more query heads than key/value heads, as in Llama 3 and Mistral) over
+several query tokens runs with SDPA's enable_gqa on the CPU, without copying keys and values per
+query head; transformers' own SDPA attention does that only without a mask. Everything else (one
+query token, CUDA, no grouped heads) is transformers' own SDPA attention.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "harness_sdpa"
@@ -32,25 +32,18 @@ def attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """query [batch, heads, tokens, dim], key and value [batch, kv heads, keys, dim]; returns the
-    output as [batch, tokens, heads, dim], as transformers' attention functions do. Serving only:
-    `kwargs` (dropout, which is 0 in eval mode, and the rest) are not used."""
-    batch, heads, tokens, dim = query.shape
-    groups = heads // key.shape[1]
-    causal = attention_mask is None and tokens > 1
-    if groups > 1 and query.device.type != "cpu":
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    elif groups > 1 and tokens == 1:
-        folded = query.reshape(batch, heads // groups, groups, dim)
-        out = F.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask, scale=scaling)
-        return out.reshape(batch, 1, heads, dim), None
+    output as [batch, tokens, heads, dim], as transformers' attention functions do."""
+    grouped = key.shape[1] < query.shape[1]
+    if not (grouped and query.shape[2] > 1 and query.device.type == "cpu"):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     out = F.scaled_dot_product_attention(
         query,
         key,
         value,
         attn_mask=attention_mask,
-        is_causal=causal,
+        is_causal=attention_mask is None,
         scale=scaling,
-        enable_gqa=groups > 1 and query.device.type == "cpu",
+        enable_gqa=True,
     )
     return out.transpose(1, 2).contiguous(), None
 
