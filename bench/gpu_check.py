@@ -46,8 +46,9 @@ from pathlib import Path
 import torch
 from train_throughput import load_plain_qlora, time_ours, time_trainer  # bench/ is on sys.path
 
-from train.data import Example, build_examples, make_batches
+from train.data import build_examples, make_batches
 from train.model import attention_implementation, compute_dtype, load_model, load_tokenizer, make_optimizer
+from train.packing import Example
 from train.recipe import CONFIG_DIR, Recipe, load_recipe
 from train.rules import apply_gpu_limits, load_rules
 from train.tiny import EMBEDDED_ID

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from train.data import Batches, Example, build_examples, make_batches
+from train.data import build_examples, make_batches
 from train.loop import train_step
 from train.model import (
     attention_implementation,
@@ -34,6 +34,7 @@ from train.model import (
     load_tokenizer,
     make_optimizer,
 )
+from train.packing import Batches, Example
 from train.recipe import Recipe, load_recipe
 from train.tiny import resolve_model_id
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.data import IGNORE, collate, make_batches, pack, tokenize
+from train.data import make_batches, tokenize
 from train.loop import train_step
 from train.model import load_model, load_tokenizer, make_optimizer
+from train.packing import IGNORE, collate, pack
 from train.recipe import parse_recipe
 
 DATA = [{"kind": "generated", "name": "mc_largest", "max_examples": 64},

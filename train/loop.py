@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from train.data import Batches
+from train.packing import Batches
 from train.recipe import Recipe
 from train.schedule import lr_factor
 
