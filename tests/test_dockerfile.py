@@ -161,3 +161,36 @@ def test_fetch_model_stops_the_build_on_a_bad_source(tmp_path, model, adapter, m
     result = fetch("local", tmp_path, tmp_path / "models", model, adapter)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+# --- the training image's default command ------------------------------------------------------
+
+
+def instruction(dockerfile: str, keyword: str) -> list[str]:
+    """The JSON-form arguments of the last `keyword` instruction (ENTRYPOINT, CMD) of a Dockerfile."""
+    lines = [line for line in (REPO / dockerfile).read_text().splitlines() if line.startswith(keyword + " ")]
+    assert lines, f"{dockerfile} has no {keyword}"
+    return json.loads(lines[-1].removeprefix(keyword + " "))
+
+
+def test_training_image_default_command_runs_where_cuda_is_visible():
+    """`docker run --gpus all entry-train` with no arguments: the image's CMD must name a GPU track,
+    since with CUDA visible the CLI refuses to guess the card (exit 2)."""
+    from train.__main__ import parse_args
+    from train.rules import budget_seconds, choose_track, load_rules
+
+    assert instruction("Dockerfile.train", "ENTRYPOINT") == ["python", "-m", "train"]
+    args = parse_args(instruction("Dockerfile.train", "CMD"))
+    track = choose_track(load_rules(), args.track, cuda_available=True)
+    assert track.gpus == 1
+    assert budget_seconds(track, args.budget) == 24 * 3600
+    assert (REPO / args.config).is_file() and args.output_dir.startswith("/out/")
+
+
+def test_training_image_default_command_passes_the_clis_own_checks(tmp_path):
+    """The same arguments through the real CLI (a dry run plans a GPU track without a GPU)."""
+    from tests.helpers import run_train
+
+    proc, _ = run_train(*instruction("Dockerfile.train", "CMD"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "rtx4090-24gb" in proc.stdout
