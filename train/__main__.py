@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--allow-unapproved-model", action="store_true",
                    help="train a base model outside the approved families anyway (not competition-legal)")
     p.add_argument("--dry-run", action="store_true", help="validate the recipe and print the plan; load nothing")
+    p.add_argument("--data-report", action="store_true",
+                   help="write the data report (lengths, duplicates, contamination) to --output-dir and stop")
+    p.add_argument("--eval-data", metavar="DIR", help="evaluation data root checked for contamination "
+                   "(default: eval's own, $HARNESS_CACHE/eval-data)")
     return p.parse_args(argv)
 
 
@@ -56,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             recipe = load_recipe(args.config)
         if args.max_steps is not None:
             recipe.train.max_steps = args.max_steps
+        if args.eval_data:
+            recipe.curation.eval_data = args.eval_data
+        if args.data_report:
+            from train import data_report
+
+            return data_report.run(recipe, args.output_dir)
         budget_rules = rules.load_rules()
         # A dry run only plans, so it may name a GPU track on a machine without one.
         cuda_ok = torch.cuda.is_available() or (args.dry_run and args.track is not None)

@@ -1,9 +1,15 @@
-"""Training data: sources -> prompt templates -> tokens -> weighted mix; train.packing makes rows and batches."""
+"""Training data: sources -> prompt templates -> curation -> tokens -> weighted mix; train.packing makes
+rows and batches. Curation (train/curation.py) drops what the recipe's [curation] options say and, for a
+run, measures the whole mix for the data report written into the run folder."""
 from __future__ import annotations
 
 import json
 import random
+import sys
+from pathlib import Path
 
+from train import data_report
+from train.curation import Findings, curate
 from train.generated import TASKS
 from train.packing import IGNORE, Batches, Example, pack
 from train.recipe import DataSource, Recipe, RecipeError, source_path
@@ -68,32 +74,55 @@ def tokenize(tokenizer, prompt: str, response: str, max_len: int, train_on_input
     return Example(ids, labels)
 
 
-def build_examples(recipe: Recipe, tokenizer) -> list[Example]:
-    """All sources, tokenized and mixed: a source of weight w contributes round(w * size) examples
-    (w = 2 repeats each twice, 0.5 keeps a random half), then everything is shuffled by the seed."""
-    rng = random.Random(recipe.train.seed)
-    mixed: list[Example] = []
+def render_sources(recipe: Recipe) -> list[tuple[str, DataSource, list[tuple[str, str]]]]:
+    """(name, source, rendered (prompt, response) of every record) for each source, in recipe order."""
+    rendered = []
     for i, source in enumerate(recipe.data):
         where = f"data[{i}] ({source.name or source.path})"
+        rendered.append((source.name or source.path, source,
+                         [render(source, record, where) for record in load_records(recipe, source)]))
+    return rendered
+
+
+def build_examples(recipe: Recipe, tokenizer, findings: Findings | None = None) -> list[Example]:
+    """The records curation keeps, tokenized and mixed: a source of weight w contributes round(w * size)
+    examples (w = 2 repeats each twice, 0.5 keeps a random half), then everything is shuffled by the seed."""
+    findings = findings or curate(recipe, tokenizer, render_sources(recipe))
+    rng = random.Random(recipe.train.seed)
+    mixed: list[Example] = []
+    for i, found in enumerate(findings.sources):
+        where = f"data[{i}] ({found.name})"
         examples = []
-        for record in load_records(recipe, source):
-            example = tokenize(tokenizer, *render(source, record, where), recipe.train.max_seq_len,
-                               recipe.train.train_on_inputs)
+        for (prompt, response), keep in zip(found.pairs, found.keep):
+            example = tokenize(tokenizer, prompt, response, recipe.train.max_seq_len,
+                               recipe.train.train_on_inputs) if keep else None
             if example is not None:
                 examples.append(example)
         if not examples:
             raise RecipeError(f"{where}: no usable examples")
-        whole, part = divmod(source.weight * len(examples), len(examples))
+        whole, part = divmod(found.source.weight * len(examples), len(examples))
         mixed += examples * int(whole) + rng.sample(examples, round(part))
     rng.shuffle(mixed)
     return mixed
 
 
-def make_batches(recipe: Recipe, tokenizer) -> Batches:
+def prepare(recipe: Recipe, tokenizer, report_dir: Path | None = None) -> tuple[Batches, Findings]:
+    """Batches for training, and what curation found. With `report_dir`, every check runs and the
+    data report is written there; any contamination found is a warning, never a refusal."""
     t = recipe.train
-    examples = build_examples(recipe, tokenizer)
+    findings = curate(recipe, tokenizer, render_sources(recipe), full=report_dir is not None)
+    examples = build_examples(recipe, tokenizer, findings)
     rows = pack(examples, t.max_seq_len) if t.packing else [[e] for e in examples]
     if len(rows) < t.micro_batch_size:
         raise RecipeError(f"only {len(rows)} rows of data for micro_batch_size {t.micro_batch_size}")
+    if report_dir is not None:
+        data_report.write(data_report.build(recipe, findings), report_dir, findings)
+    warning = data_report.contamination_warning(findings)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     return Batches(rows, t.micro_batch_size, t.seed, tokenizer.pad_token_id, t.packing,
-                   t.max_seq_len if t.packing else None)
+                   t.max_seq_len if t.packing else None), findings
+
+
+def make_batches(recipe: Recipe, tokenizer) -> Batches:
+    return prepare(recipe, tokenizer)[0]

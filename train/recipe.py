@@ -96,6 +96,18 @@ class LogSettings:
 
 
 @dataclass
+class CurationSettings:
+    """What to drop from the mix before training (`python -m train --data-report` shows what each would drop)."""
+    dedup: str = "off"  # off | exact (same normalised words) | near (and MinHash-similar, see train/dedup.py)
+    decontaminate: bool = False  # drop records sharing an n-gram with an evaluation instance (train/contamination.py)
+    eval_data: str = ""  # evaluation data root checked for contamination; empty: eval's default
+    min_tokens: int = 0  # length bounds on prompt + response under the recipe's tokenizer; 0: none
+    max_tokens: int = 0
+    min_chars: int = 0  # the same in characters
+    max_chars: int = 0
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     allow_eval_overlap: bool = False
@@ -103,6 +115,7 @@ class Recipe:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    curation: CurationSettings = field(default_factory=CurationSettings)
     data: list[DataSource] = field(default_factory=list)
     source_file: str = ""  # where it was read from (filled in by load_recipe)
 
@@ -116,6 +129,7 @@ CHOICES = {
     "train.optimizer": ("paged_adamw_8bit", "adamw_8bit", "adamw"),
     "data.kind": ("generated", "hf", "json"),
     "data.template": TEMPLATES,
+    "curation.dedup": ("off", "exact", "near"),
 }
 
 
@@ -217,10 +231,20 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("train.schedule_clock = 'steps' needs train.max_steps")
     if not lora.targets:
         raise RecipeError("lora.targets is empty: name the projections to adapt")
+    _validate_curation(recipe.curation)
     if not recipe.data:
         raise RecipeError("no [[data]] sources: name at least one")
     for i, source in enumerate(recipe.data):
         _validate_source(recipe, source, f"data[{i}]")
+
+
+def _validate_curation(c: CurationSettings) -> None:
+    for unit in ("tokens", "chars"):
+        low, high = getattr(c, f"min_{unit}"), getattr(c, f"max_{unit}")
+        if low < 0 or high < 0:
+            raise RecipeError(f"curation.min_{unit} and curation.max_{unit} cannot be negative")
+        if high and low > high:
+            raise RecipeError(f"curation.min_{unit} = {low} is above curation.max_{unit} = {high}")
 
 
 def _validate_source(recipe: Recipe, source: DataSource, where: str) -> None:

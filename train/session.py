@@ -86,6 +86,7 @@ class TrainingRun:
         self.watchdog = Watchdog(self.ledger, limits.margin_s, limits.save_reserve_s, self.hard_stop)
         self.state = LoopState()
         self.model = self.optimizer = self.metrics = None
+        self.data_dropped: dict[str, int] = {}  # records the recipe's [curation] options dropped, by reason
         self.last_checkpoint = time.monotonic()
 
     # -- ending ---------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class TrainingRun:
             "last_loss": self.state.loss, "phases_s": {k: round(v, 3) for k, v in totals.items()},
             "train_share": round(totals.get("train", 0.0) / self.limits.budget_s, 4),
             "adapter": str(self.run_dir / "adapter") if (self.run_dir / "adapter").exists() else None,
+            "data_dropped": self.data_dropped,
         }
 
     def write_summary(self, reason: str, exit_code: int) -> dict:
@@ -129,7 +131,8 @@ class TrainingRun:
         if self.watchdog.reason == "signal":
             return self.end("signal before training", EXIT_SIGNAL)
         with self.ledger.phase("data"):
-            batches = data.make_batches(self.recipe, tokenizer)
+            batches, findings = data.prepare(self.recipe, tokenizer, report_dir=self.run_dir)  # + data report
+            self.data_dropped = findings.dropped()
         tokens, slots = batches.token_stats()
         say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
             f"{batches.per_epoch} batches/epoch; " + ("packing" if batches.packed else "pad-to-longest")
