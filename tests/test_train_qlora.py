@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from train.data import make_batches, tokenize
-from train.loop import train_step
+from train.loop import autocast_dtype, enable_tf32, train_step
 from train.model import load_model, load_tokenizer, make_optimizer
 from train.packing import IGNORE, collate, pack
-from train.recipe import parse_recipe
+from train.recipe import RecipeError, parse_recipe
 
 DATA = [{"kind": "generated", "name": "mc_largest", "max_examples": 64},
         {"kind": "generated", "name": "arith_qa", "max_examples": 64}]
@@ -98,3 +98,40 @@ def test_packing_beats_padding_on_the_bundled_data(tokenizer):
     padded = make_batches(recipe(packing=False), tokenizer).token_stats()
     assert packed[0] == padded[0]  # the same tokens
     assert packed[0] / packed[1] > 0.9 > padded[0] / padded[1]
+
+
+def test_bf16_autocast_computes_in_bf16_and_tracks_the_fp32_loss(tiny_model, tokenizer):
+    """train.autocast = "bf16": the fp32 lm_head (and every layer kept in fp32) computes in bf16, the
+    loss stays within bf16 rounding of the fp32 loss; the weights stay fp32."""
+    r = recipe(autocast="bf16", optimizer="adamw")
+    assert autocast_dtype(r) == torch.bfloat16
+    model = load_model(r)
+    optimizer = make_optimizer(r, model)
+    batch = next(make_batches(r, tokenizer).from_position(0))
+    batch.pop("num_tokens")
+    seen: list[torch.dtype] = []
+    model.base_model.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    full = train_step(model, optimizer, [dict(batch)], 0.0, 0.0, None)  # lr 0: nothing moves
+    half = train_step(model, optimizer, [dict(batch)], 0.0, 0.0, autocast_dtype(r))
+    assert seen == [torch.float32, torch.bfloat16]
+    assert abs(half - full) < 0.02 * full, (half, full)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_autocast_setting():
+    assert autocast_dtype(recipe(autocast="off")) is None
+    expected = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    assert autocast_dtype(parse_recipe({"data": DATA})) == expected  # auto: CUDA bf16 only
+    with pytest.raises(RecipeError, match="train.autocast"):
+        recipe(autocast="fp8")
+    with pytest.raises(RecipeError, match="train.autocast = 'bf16' with model.compute_dtype = 'fp16'"):
+        parse_recipe({"train": {"autocast": "bf16"}, "model": {"compute_dtype": "fp16"}, "data": DATA})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_defaults_to_bf16_autocast_and_tf32():
+    from transformers.utils import is_torch_tf32_available
+
+    assert autocast_dtype(parse_recipe({"data": DATA})) == torch.bfloat16
+    enable_tf32()
+    assert not is_torch_tf32_available() or torch.backends.fp32_precision == "tf32"

@@ -1,4 +1,9 @@
-"""The training loop: optimizer steps until the budget, a step limit or an epoch limit ends it."""
+"""The training loop: optimizer steps until the budget, a step limit or an epoch limit ends it.
+
+Precision follows `Trainer(bf16=True)`: the forward pass runs under bf16 autocast (the LoRA layers,
+attention, norms and lm_head, which prepare_model_for_kbit_training leaves in fp32, compute in
+bf16; weights, gradients and the optimizer stay fp32), and fp32 matmuls may use TF32 on CUDA.
+"""
 from __future__ import annotations
 
 import os
@@ -8,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from train.packing import Batches
-from train.recipe import Recipe
+from train.model import compute_dtype
+from train.packing import Batches, flatten
+from train.recipe import Recipe, RecipeError
 from train.schedule import lr_factor
 
 
@@ -21,16 +27,48 @@ class LoopState:
     loss: float = float("nan")
 
 
+def autocast_dtype(recipe: Recipe) -> torch.dtype | None:
+    """The autocast dtype of the forward pass, None for none: `auto` is bf16 on a CUDA device when
+    the model computes in bf16; `bf16` asks for it on the CPU too (fast where the CPU has AMX)."""
+    setting = recipe.train.autocast
+    if setting == "off":
+        return None
+    if setting == "bf16":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise RecipeError("train.autocast = 'bf16': this CUDA device does not compute in bf16")
+        return torch.bfloat16
+    on_bf16_cuda = torch.cuda.is_available() and compute_dtype(recipe.model.compute_dtype) == torch.bfloat16
+    return torch.bfloat16 if on_bf16_cuda else None
+
+
+def enable_tf32() -> None:
+    """TF32 for the fp32 matmuls left outside autocast, where the GPU has it (Ampere and later)."""
+    from transformers.utils import is_torch_tf32_available
+    from transformers.utils.import_utils import enable_tf32 as enable
+
+    if is_torch_tf32_available():
+        enable(True)
+
+
 def train_step(model, optimizer, micro_batches: list[dict[str, torch.Tensor]], lr: float,
-               max_grad_norm: float) -> float:
-    """One optimizer step over gradient-accumulated micro-batches; returns the mean loss."""
+               max_grad_norm: float, autocast: torch.dtype | None = None) -> float:
+    """One optimizer step over gradient-accumulated micro-batches; returns the mean loss.
+
+    Under flash-attention a packed micro-batch is flattened into one row (train.packing.flatten),
+    the only layout in which its examples stay apart."""
+    from transformers.utils.generic import is_flash_attention_requested
+
     for group in optimizer.param_groups:
         group["lr"] = lr
     device = next(p.device for p in model.parameters() if p.requires_grad)
+    flat = is_flash_attention_requested(model.config)
     total = 0.0
     for batch in micro_batches:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss = model(**batch, use_cache=False).loss / len(micro_batches)
+        if flat and "position_ids" in batch:
+            batch = flatten(batch)
+        batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = model(**batch, use_cache=False).loss / len(micro_batches)
         loss.backward()
         total += loss.item()
     if max_grad_norm > 0:
@@ -60,6 +98,8 @@ def run_loop(recipe: Recipe, model, optimizer, batches: Batches, state: LoopStat
     """
     t = recipe.train
     limit = step_limit(recipe, batches)
+    autocast = autocast_dtype(recipe)
+    enable_tf32()
     hang_at = int(os.environ.get("HARNESS_TEST_HANG_AT_STEP", "0"))  # test hook: a step that never ends
     model.train()
     stream = batches.from_position(state.position)
@@ -76,7 +116,7 @@ def run_loop(recipe: Recipe, model, optimizer, batches: Batches, state: LoopStat
         tokens = sum(int(b.pop("num_tokens")) for b in micro)
         if hang_at and state.step + 1 == hang_at:
             time.sleep(10**6)
-        state.loss = train_step(model, optimizer, micro, lr, t.max_grad_norm)
+        state.loss = train_step(model, optimizer, micro, lr, t.max_grad_norm, autocast)
         seconds = time.monotonic() - started
         state.step += 1
         state.position += t.grad_accum

@@ -5,6 +5,12 @@ ids restart at 0 for every example: transformers turns restarting position ids (
 mask) into a block-diagonal causal mask, and flash-attention uses them as variable-length
 boundaries. The first token of every example is never a label, so no loss term predicts one
 example from the previous one.
+
+Flash-attention reads those boundaries only from a batch of one row (transformers'
+`_is_packed_sequence`); on a batch of several rows it runs plain causal attention over each whole
+row, across its examples. `flatten` turns a packed micro-batch into that one row, with the
+cumulative sequence lengths its variable-length kernel takes, as transformers'
+`DataCollatorWithFlattening(return_flash_attn_kwargs=True)` does.
 """
 from __future__ import annotations
 
@@ -105,3 +111,17 @@ class Batches:
             lengths = [len(row[0].input_ids) for row in self.rows[i:i + self.batch_size]]
             slots += max(lengths) * len(lengths)
         return tokens, slots
+
+
+def flatten(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | int]:
+    """A packed batch of B rows as one row of B x width tokens, plus the sequence boundaries.
+
+    Each row's padding tail stays a segment of its own, so the tokens and the loss are those of the
+    B-row batch: the last token of a row has the next row's first label, which is never a target."""
+    positions = batch["position_ids"].reshape(1, -1)
+    starts = (positions[0] == 0).nonzero().flatten()
+    cu_seq_lens = torch.cat([starts, torch.tensor([positions.shape[1]])]).to(torch.int32)
+    longest = int(cu_seq_lens.diff().max())
+    return {"input_ids": batch["input_ids"].reshape(1, -1), "labels": batch["labels"].reshape(1, -1),
+            "position_ids": positions, "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": longest, "max_length_k": longest}

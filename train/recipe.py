@@ -85,6 +85,7 @@ class TrainSettings:
     train_on_inputs: bool = False  # False: loss on response tokens only
     seed: int = 0
     checkpoint_every: str = ""  # duration; empty: the track's interval from budget.toml
+    autocast: str = "auto"  # auto: bf16 autocast on CUDA with bf16 (as Trainer(bf16=True)), none on CPU; bf16 | off
 
 
 @dataclass
@@ -127,6 +128,7 @@ CHOICES = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.schedule_clock": ("budget", "steps"),
     "train.optimizer": ("paged_adamw_8bit", "adamw_8bit", "adamw"),
+    "train.autocast": ("auto", "bf16", "off"),
     "data.kind": ("generated", "hf", "json"),
     "data.template": TEMPLATES,
     "curation.dedup": ("off", "exact", "near"),
@@ -227,6 +229,8 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("train.min_lr_ratio in [0, 1], train.warmup_frac and lora.dropout in [0, 1) please")
     if t.max_steps < 0 or t.epochs < 0 or t.neftune_alpha < 0:
         raise RecipeError("train.max_steps, train.epochs and train.neftune_alpha cannot be negative")
+    if t.autocast == "bf16" and recipe.model.compute_dtype == "fp16":
+        raise RecipeError("train.autocast = 'bf16' with model.compute_dtype = 'fp16': pick one half precision")
     if t.schedule_clock == "steps" and t.max_steps == 0:
         raise RecipeError("train.schedule_clock = 'steps' needs train.max_steps")
     if not lora.targets:
