@@ -8,6 +8,12 @@ stop sequence, token limit), so a 1-token multiple-choice answer never waits beh
 generation. Rows of different lengths share one KV cache: shorter rows are padded on the left,
 the attention mask hides the padding, and each row carries its own positions, so a row computes
 the same values alone or batched (up to float rounding).
+
+Faults stay contained: a request that waits past request_timeout_s fails alone, a full queue
+refuses new requests (the server answers 503), a caller that gave up (its future cancelled)
+is dropped before it costs anything, and an exception in the worker fails the requests it held
+while the worker goes on; should the worker thread end anyway, the engine says so (`alive`) and
+refuses new requests instead of queueing them forever.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +51,22 @@ class InvalidRequest(ValueError):
         self.field = field
 
 
+class Unavailable(RuntimeError):
+    """The engine takes no request now: its queue is full (retry after `retry_after` seconds),
+    or its worker has stopped (retry_after is None: only a restart helps)."""
+
+    def __init__(self, message: str, retry_after: int | None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeout(TimeoutError):
+    """The request was not served within request_timeout_s."""
+
+
+RETRY_AFTER_S = 1  # a full queue drains in about a decoding step per waiting request
+
+
 @dataclass(eq=False)
 class Job:
     ids: list[int]  # prompt token ids
@@ -53,6 +75,7 @@ class Job:
     top_k_per_token: int
     echo: bool
     completion: Completion
+    deadline: float  # time.monotonic() past which the request fails with RequestTimeout
     future: Future = field(default_factory=Future)
     echoed: list[dict] = field(default_factory=list)  # prompt tokens, when echo_prompt
     uncached: int = 0  # prompt tokens the prefix cache did not hold on arrival
@@ -95,6 +118,9 @@ class Engine:
         self.joins = {"in_place": 0, "rebuilding": 0}  # how requests joined the running batch
         self.last_intake = 0  # requests taken at the last intake
         self.waiting: deque[Job] = deque()  # arrived, not yet admitted
+        self.admitting: list[Job] = []  # taken in by the intake in progress
+        self.stopped = False  # set (under `accepting`) when the worker ends: no request may queue
+        self.accepting = threading.Lock()
         self.worker = threading.Thread(target=self._run, name="engine", daemon=True)
         self.worker.start()
 
@@ -114,8 +140,14 @@ class Engine:
             raise InvalidRequest("tokens", f"unknown token ids {bad[:5]}: ids run from 0 to {self.vocab - 1}")
         return decode(self.tokenizer, ids)
 
+    @property
+    def alive(self) -> bool:
+        return not self.stopped and self.worker.is_alive()
+
     def submit(self, request: ProcessRequest) -> Future:
-        """Queue a request; the future's result is the response body (without request_time)."""
+        """Queue a request; the future's result is the response body (without request_time), or
+        RequestTimeout. Raises InvalidRequest, or Unavailable when the queue is full or the
+        worker has stopped."""
         limit = min(self.settings.max_top_k_per_token, self.vocab)
         if request.top_k_per_token > limit:
             raise InvalidRequest(
@@ -144,10 +176,20 @@ class Engine:
             top_k_per_token=request.top_k_per_token,
             echo=bool(request.echo_prompt),
             completion=Completion(Detokenizer(self.tokenizer, ids), stops),
+            deadline=time.monotonic() + self.settings.request_timeout_s,
         )
         if job.max_new_tokens == 0 and not job.echo:
             job.future.set_result(self._result(job))
-        else:
+            return job.future
+        with self.accepting:
+            if self.stopped:
+                raise Unavailable("the engine's worker has stopped; the server needs a restart", None)
+            queued = self.queue.qsize() + len(self.waiting)
+            if queued >= self.settings.max_queue:
+                raise Unavailable(
+                    f"the server is busy: {queued} requests are waiting (max_queue); retry shortly",
+                    RETRY_AFTER_S,
+                )
             self.queue.put(job)
         return job.future
 
@@ -158,35 +200,61 @@ class Engine:
     # ---- the worker thread -----------------------------------------------------------------
 
     def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                new = self._take()
-                if new is None:
-                    break
-                try:
-                    begin = time.perf_counter()
-                    if new:
-                        self._admit(new)
-                    middle = time.perf_counter()
-                    if self.rows:
-                        self._step()
-                    self.timing["prompt_s"] += middle - begin
-                    self.timing["decode_s"] += time.perf_counter() - middle
-                except Exception as error:  # a bug must fail its requests, not stop the server
-                    log.exception("engine step failed")
-                    for job in new + self.rows:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    self._set_batch([], [])
-        for job in self.waiting:
-            job.future.set_exception(RuntimeError("the server is shutting down"))
-        while True:  # closing: nothing more will run
-            try:
-                job = self.queue.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                job.future.set_exception(RuntimeError("the server is shutting down"))
+        ending: Exception = RuntimeError("the server is shutting down")
+        try:
+            with torch.inference_mode():
+                while self._serve():
+                    pass
+        except BaseException:
+            log.exception("the engine's worker stopped")
+            ending = RuntimeError("the engine's worker stopped; the server needs a restart")
+            raise
+        finally:
+            with self.accepting:  # from here on, submit refuses: nothing queues unseen
+                self.stopped = True
+            jobs = self.admitting + self.rows + list(self.waiting)
+            while not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+            for job in jobs:
+                if job is not None:
+                    fail(job, ending)
+
+    def _serve(self) -> bool:
+        """Take requests in and run a decoding step; False when closing. An exception fails
+        the requests the worker holds (a bug must fail its requests, not stop the server)."""
+        try:
+            new = self._take()
+            if new is None:
+                return False
+            begin = time.perf_counter()
+            if new:
+                self._admit(new)
+            middle = time.perf_counter()
+            if self.rows:
+                self._step()
+            self.timing["prompt_s"] += middle - begin
+            self.timing["decode_s"] += time.perf_counter() - middle
+        except Exception as error:
+            log.exception("engine step failed")
+            for job in self.admitting + self.rows + list(self.waiting):
+                fail(job, error)
+            self.waiting.clear()
+            self._set_batch([], [])
+            self.prefixes.clear()  # whatever state led here is not reused
+        finally:
+            self.admitting = []
+        return True
+
+    def _expire(self) -> None:
+        """Fail the requests past their deadline, waiting or running (a running one's row is
+        then finished, and freed like any other)."""
+        now = time.monotonic()
+        late = [job for job in [*self.waiting, *self.rows] if job.deadline < now and not job.future.done()]
+        for job in late:
+            timeout = self.settings.request_timeout_s
+            fail(job, RequestTimeout(f"the request was not served within {timeout} s (request_timeout_s)"))
+        if late:
+            self.waiting = deque(job for job in self.waiting if not job.future.done())
 
     def _take(self) -> list[Job] | None:
         """The requests to admit now; None when closing.
@@ -225,30 +293,37 @@ class Engine:
                     break
                 return None
             self._arrive(job)
+        self._expire()
         room = self.settings.max_batch - len(self._running())
         budget = self.settings.prefill_budget if self.rows else float("inf")
-        jobs: list[Job] = []
-        while self.waiting and len(jobs) < room:
-            cost = self.waiting[0].uncached
-            if jobs and cost > budget:
+        while self.waiting and len(self.admitting) < room:
+            job = self.waiting[0]
+            if self.admitting and job.uncached > budget:
                 break
-            budget -= cost
-            jobs.append(self.waiting.popleft())
-        self.last_intake = len(jobs)
-        return jobs
+            self.waiting.popleft()
+            if job.future.set_running_or_notify_cancel():  # False: its caller gave up
+                budget -= job.uncached
+                self.admitting.append(job)
+        self.last_intake = len(self.admitting)
+        return self.admitting
 
     def _arrive(self, job: Job) -> None:
-        """Queue a request for admission, noting how many of its prompt tokens need computing."""
-        job.uncached = len(job.ids) - self._cached(job)[1]
-        self.waiting.append(job)
+        """Queue a request for admission, noting how many of its prompt tokens need computing:
+        an echoed prompt is computed in full (every position's logits), whatever is cached."""
+        self.waiting.append(job)  # first: should the lookup fail, the request fails with the rest
+        job.uncached = len(job.ids) if job.echo else len(job.ids) - self._cached(job)[1]
 
     def _admit(self, jobs: list[Job]) -> None:
         """Compute the prompts of new requests, choose their first tokens, and move the ones
-        that go on into the running batch."""
-        for chunk in self._plan([job for job in jobs if not job.echo]):
-            kv, mask, logits = self._forward(chunk)
-            self._remember(chunk, kv, mask)
-            self._join([job for job, _, _ in chunk], kv, mask, logits[:, -1])
+        that go on into the running batch. The cached prefixes they build on stay cached until
+        the last of them is computed."""
+        try:
+            for chunk in self._plan([job for job in jobs if not job.echo]):
+                kv, mask, logits = self._forward(chunk)
+                self._remember(chunk, kv, mask)
+                self._join([job for job, _, _ in chunk], kv, mask, logits[:, -1])
+        finally:
+            self.prefixes.release()
         for job in jobs:
             if job.echo:  # needs every prompt position's logits: computed alone, uncached
                 kv, mask, logits = self._forward([(job, None, 0)], all_logits=True)
@@ -261,6 +336,8 @@ class Engine:
         long prefix the cache lacks (a burst from one scenario) get it computed once, first."""
         self._cache_shared_prefixes(jobs)
         rows = sorted(((job, *self._cached(job)) for job in jobs), key=lambda r: len(r[0].ids) - r[2])
+        for _, entry, _ in rows:
+            self.prefixes.pin(entry)
         chunks: list[list[Row]] = []
         for row in rows:
             own = len(row[0].ids) - row[2]
@@ -298,7 +375,7 @@ class Engine:
         for prefix in sorted(shared, key=len):  # shorter first: longer ones build on them
             ids = list(prefix)
             kv, _, _ = self._forward([(ids, *self._cached(ids))])
-            self.prefixes.insert(ids, kv)
+            self.prefixes.pin(self.prefixes.insert(ids, kv))
 
     def _remember(self, rows: list[Row], kv: KV, mask: torch.Tensor) -> None:
         """Cache the prompts that the cache covered less than half of: they may start a new
@@ -384,6 +461,9 @@ class Engine:
         rebuilding the batch copies all of its states, so it is done for several rows at once."""
         rows = self.rows
         live = [i for i, job in enumerate(rows) if not job.future.done()]
+        if not live:  # every row ended between steps (timed out)
+            self._set_batch([], [])
+            return
         input_ids = torch.tensor([[job.last] for job in rows], device=self.device)
         positions = torch.tensor([[job.length] for job in rows], device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(rows), 1)], dim=1)
@@ -490,7 +570,7 @@ class Engine:
     def stats(self) -> dict:
         return {
             "running": len(self._running()),
-            "queued": self.queue.qsize(),
+            "queued": self.queue.qsize() + len(self.waiting),
             "decode_steps": self.steps,
             "mean_batch": self.rows_decoded / max(self.steps, 1),
             **{key: round(value, 3) for key, value in self.timing.items()},
@@ -509,3 +589,11 @@ def cache_kwarg(model) -> str:
     `past_key_values` before (the GPU image's 5.17)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def fail(job: Job, error: Exception) -> None:
+    """Settle a request with an error, unless it is settled already or its caller cancelled it."""
+    try:
+        job.future.set_exception(error)
+    except InvalidStateError:
+        pass

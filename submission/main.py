@@ -5,6 +5,9 @@ send; the handlers only tokenize (about a millisecond), hand the request over an
 answer, so the event loop never waits on the model. Awaiting instead of blocking a thread-pool
 thread per request spares two thread hand-offs per request, which under load cost more CPU than
 the tokenizing. Settings come from HARNESS_* environment variables (see settings.py).
+
+Overload is answered, not suffered: a full queue gets 503 with Retry-After, a request not served
+within request_timeout_s gets 504, a stopped engine makes /health and /process answer 503.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from submission.api import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from submission.engine import Engine, InvalidRequest
+from submission.engine import Engine, InvalidRequest, RequestTimeout, Unavailable
 from submission.loading import load
 from submission.settings import Settings
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+TIMEOUT_GRACE_S = 5.0  # the engine times requests out between steps; this catches a hung step
 INLINE_LIMIT = 50_000  # characters or tokens handled on the event loop; larger inputs go to a thread
 log = logging.getLogger("submission")
 
@@ -56,12 +60,13 @@ async def limit_body(request: Request, call_next):
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
         return too_large()
     if declared is None and request.method == "POST":
-        body = b""
+        chunks, size = [], 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
+            chunks.append(chunk)  # joined once at the end: concatenating each would copy the body each time
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
                 return too_large()
-        request._body = body  # read once; the handler parses it from here
+        request._body = b"".join(chunks)  # read once; the handler parses it from here
     return await call_next(request)
 
 
@@ -76,6 +81,17 @@ def too_large() -> JSONResponse:
 async def invalid_request(request: Request, error: InvalidRequest) -> JSONResponse:
     detail = [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]
     return JSONResponse(status_code=422, content={"detail": detail})
+
+
+@app.exception_handler(Unavailable)
+async def unavailable(request: Request, error: Unavailable) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return JSONResponse(status_code=503, content={"detail": str(error)}, headers=headers)
+
+
+@app.exception_handler(RequestTimeout)
+async def timed_out(request: Request, error: RequestTimeout) -> JSONResponse:
+    return JSONResponse(status_code=504, content={"detail": str(error)})
 
 
 @app.exception_handler(RequestValidationError)
@@ -95,16 +111,23 @@ async def inline_if_small(size: int, work, *args):
 
 
 @app.get("/health")
-def health() -> dict:
+def health() -> JSONResponse:
     engine: Engine = app.state.engine
-    return {"status": "ok", **app.state.info, "context": engine.context, **engine.stats()}
+    status = "ok" if engine.alive else "failed: the engine's worker has stopped"
+    body = {"status": status, **app.state.info, "context": engine.context, **engine.stats()}
+    return JSONResponse(body, status_code=200 if engine.alive else 503)
 
 
 @app.post("/process", response_model=ProcessResponse)
 async def process(request: ProcessRequest) -> JSONResponse:
     start = time.perf_counter()
-    submitted = await inline_if_small(len(request.prompt), app.state.engine.submit, request)
-    result = await asyncio.wrap_future(submitted)
+    engine: Engine = app.state.engine
+    submitted = await inline_if_small(len(request.prompt), engine.submit, request)
+    limit = engine.settings.request_timeout_s + TIMEOUT_GRACE_S
+    try:
+        result = await asyncio.wait_for(asyncio.wrap_future(submitted), limit)
+    except TimeoutError:  # the worker is stuck in one step: answer anyway
+        raise RequestTimeout(f"the request was not served within {limit} s (a step hung)") from None
     # The engine builds the response's exact shape; returning it directly skips re-validating it.
     return JSONResponse({**result, "request_time": time.perf_counter() - start})
 

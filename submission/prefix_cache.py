@@ -5,6 +5,10 @@ their keys and values cached, a request computes only its own question. Entries 
 the longest common token prefix, so one cached prompt serves every prompt that starts like it.
 Keys are cached after the rotary position embedding, so a prefix's states are valid for any
 continuation of it.
+
+An intake of new requests may cache prompts while its later forward passes still build on
+entries it looked up earlier; those entries are pinned for the intake, so eviction passes them
+by, and the bound is restored when the intake releases them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class PrefixCache:
         self.max_tokens = max_tokens
         self.entries: OrderedDict[tuple[int, ...], Entry] = OrderedDict()
         self.tokens = 0
+        self.pinned: set[tuple[int, ...]] = set()  # in use by the current intake: not evicted
         self.version = 0  # changes whenever entries come or go: earlier lookups are stale
         self.hits = 0
         self.reused_tokens = 0
@@ -59,6 +64,23 @@ class PrefixCache:
         self.hits += 1
         self.reused_tokens += used
 
+    def pin(self, entry: Entry | None) -> None:
+        """Keep `entry` until `release`: the current intake builds on it."""
+        if entry is not None and entry.key in self.entries:
+            self.pinned.add(entry.key)
+
+    def release(self) -> None:
+        """Unpin every entry and evict down to the bound again."""
+        self.pinned.clear()
+        self._evict()
+
+    def clear(self) -> None:
+        """Drop every entry (their memory is freed once no batch holds a view of it)."""
+        self.entries.clear()
+        self.pinned.clear()
+        self.tokens = 0
+        self.version += 1
+
     def insert(self, ids: list[int], kv: KV) -> Entry | None:
         if len(ids) > self.max_tokens:
             return None
@@ -70,7 +92,13 @@ class PrefixCache:
         entry = Entry(np.array(ids, dtype=np.int64), kv, key)
         self.entries[key] = entry
         self.tokens += len(ids)
-        while self.tokens > self.max_tokens:
-            _, old = self.entries.popitem(last=False)
-            self.tokens -= len(old.ids)
+        self._evict()
         return entry
+
+    def _evict(self) -> None:
+        """Drop the least recently used unpinned entries until the bound holds."""
+        for key in [key for key in self.entries if key not in self.pinned]:  # oldest first
+            if self.tokens <= self.max_tokens:
+                return
+            self.tokens -= len(self.entries.pop(key).ids)
+            self.version += 1

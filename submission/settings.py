@@ -21,16 +21,27 @@ class Settings:
     prefix_cache_tokens: int = 32768  # KV cache of shared prompt prefixes, in tokens
     min_prefix: int = 32  # shorter shared prefixes are not worth caching
     max_top_k_per_token: int = 100
+    max_queue: int = 256  # requests waiting for a batch row; past it new ones get 503 + Retry-After
+    request_timeout_s: float = 600.0  # a request not served by then fails (504) and frees its row
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
 
     def __post_init__(self) -> None:
         if self.quant not in QUANTIZATIONS:
             raise ValueError(f"quant must be one of {', '.join(QUANTIZATIONS)}, not {self.quant!r}")
-        for name in ("context", "max_batch", "prefill_budget", "min_prefix", "max_top_k_per_token"):
+        for name in (
+            "context",
+            "max_batch",
+            "prefill_budget",
+            "min_prefix",
+            "max_top_k_per_token",
+            "max_queue",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_wait_ms < 0 or self.prefix_cache_tokens < 0 or self.threads < 0:
             raise ValueError("batch_wait_ms, prefix_cache_tokens and threads must not be negative")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be positive, not {self.request_timeout_s}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

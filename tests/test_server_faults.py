@@ -1,0 +1,232 @@
+"""Faults inside the serving engine, reproduced on the real tiny model and the real engine:
+eviction in the middle of an intake, an exception in the worker, a cancelled request, echo
+requests against the prefill budget, requests that wait past their timeout, a full queue, and a
+body sent in many small chunks.
+
+To make several requests arrive in one intake, a test holds the worker before its next decoding
+step (a wrapper around that method of the engine object), submits them, then lets it go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from submission.api import ProcessRequest
+from submission.engine import Engine, RequestTimeout, Unavailable
+from submission.loading import load
+from submission.settings import Settings
+
+LONG = "word " * 10  # greedy on the tiny model: 1500 tokens without an EOS
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    torch.set_num_threads(1)  # other tests and helpers share the cores
+    model, tokenizer, _ = load(Settings(model=str(tiny_model)))
+    return model, tokenizer
+
+
+@contextmanager
+def engine_with(loaded, **settings) -> Iterator[Engine]:
+    engine = Engine(*loaded, Settings(model="test", **{"batch_wait_ms": 0, **settings}))
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def greedy(prompt: str, max_new_tokens: int, **extra) -> ProcessRequest:
+    return ProcessRequest(prompt=prompt, max_new_tokens=max_new_tokens, temperature=0, **extra)
+
+
+def hold_worker(monkeypatch, engine: Engine) -> tuple[threading.Event, threading.Event]:
+    """(reached, release): the worker stops before its next decoding step until `release`."""
+    reached, release = threading.Event(), threading.Event()
+    step = engine._step
+
+    def held() -> None:
+        reached.set()
+        assert release.wait(60)
+        step()
+
+    monkeypatch.setattr(engine, "_step", held)
+    return reached, release
+
+
+def alone(loaded, requests: list[ProcessRequest]) -> list[str]:
+    """Each request's text served alone by a fresh engine without a prefix cache."""
+    with engine_with(loaded, prefix_cache_tokens=0) as engine:
+        return [engine.submit(r).result(timeout=60)["text"] for r in requests]
+
+
+def text(words: int, seed: int) -> str:
+    """A distinct prompt of about `words` words (its own first word keeps prefixes apart)."""
+    vocabulary = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "ember", "north", "violet"]
+    return f"Topic{seed}: " + " ".join(vocabulary[(seed * 7 + i * i) % 10] for i in range(words))
+
+
+def test_eviction_in_the_middle_of_an_intake_fails_no_request(loaded, monkeypatch):
+    """The intake's first forward pass caches a new prompt, which evicts the least recent entry;
+    a later pass of the same intake builds on that entry."""
+    tokenizer = loaded[1]
+    warm = [text(60, seed) for seed in range(3)]  # P1 (oldest), P2, P3 fill the cache
+    size = sum(len(tokenizer(p).input_ids) for p in [*warm, LONG])  # LONG is cached too
+    short_new = text(25, 7)  # a new prompt, computed in the first pass and cached
+    extends_oldest = warm[0] + " " + text(90, 8)  # builds on P1, computed in the second pass
+    requests = [greedy(short_new, 4), greedy(extends_oldest, 4)]
+    expected = alone(loaded, requests)
+    with engine_with(loaded, prefix_cache_tokens=size, prefill_budget=100_000) as engine:
+        for prompt in warm:
+            engine.submit(greedy(prompt, 1)).result(timeout=60)
+        reached, release = hold_worker(monkeypatch, engine)
+        running = engine.submit(greedy(LONG, 40))
+        assert reached.wait(60)
+        assert engine.prefixes.tokens == size  # full: the next prompt cached evicts P1
+        futures = [engine.submit(r) for r in requests]
+        release.set()
+        assert [f.result(timeout=60)["text"] for f in futures] == expected
+        assert len(running.result(timeout=60)["tokens"]) == 40
+        assert engine.prefixes.tokens <= size  # back within its bound once the intake is over
+        assert engine.prefixes.hits >= 1
+
+
+def test_an_exception_in_the_worker_fails_its_requests_and_the_worker_lives_on(loaded, monkeypatch):
+    """A failure where the worker takes requests in (a prefix lookup) once ended its thread:
+    every later request waited forever and /health still said ok."""
+    with engine_with(loaded) as engine:
+        real = engine.prefixes.lookup
+        failures = iter([RuntimeError("injected lookup failure")])
+
+        def lookup(ids):
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return real(ids)
+
+        monkeypatch.setattr(engine.prefixes, "lookup", lookup)
+        with pytest.raises(RuntimeError, match="injected lookup failure"):
+            engine.submit(greedy("The capital of France is", 3)).result(timeout=30)
+        assert engine.alive
+        served = engine.submit(greedy("The capital of France is", 3)).result(timeout=30)
+        assert served["text"] == alone(loaded, [greedy("The capital of France is", 3)])[0]
+
+
+def test_a_dead_worker_is_reported_and_new_requests_are_refused(loaded, monkeypatch):
+    """Should the worker thread end anyway (an exception that is not an Exception), the requests
+    it held fail, the engine says it is down and refuses new ones instead of queueing them forever."""
+    with engine_with(loaded) as engine:
+        monkeypatch.setattr(engine.prefixes, "lookup", lambda ids: (_ for _ in ()).throw(SystemExit(3)))
+        with pytest.raises(RuntimeError, match="worker"):
+            engine.submit(greedy("hello there", 3)).result(timeout=30)
+        engine.worker.join(timeout=30)
+        assert not engine.alive
+        with pytest.raises(Unavailable, match="worker"):
+            engine.submit(greedy("hello there", 3))
+
+
+def test_a_cancelled_request_fails_no_other(loaded, monkeypatch):
+    """A request whose caller gave up (its future cancelled) before the worker took it in."""
+    requests = [greedy(text(20, 1), 1), greedy(text(20, 2), 1)]
+    expected = alone(loaded, requests)
+    with engine_with(loaded) as engine:
+        reached, release = hold_worker(monkeypatch, engine)
+        running = engine.submit(greedy(LONG, 30))
+        assert reached.wait(60)
+        doomed, kept = (engine.submit(r) for r in requests)
+        assert doomed.cancel()
+        release.set()
+        assert kept.result(timeout=60)["text"] == expected[1]
+        assert len(running.result(timeout=60)["tokens"]) == 30
+        assert doomed.cancelled()
+
+
+def test_echo_requests_are_admitted_within_the_prefill_budget(loaded, monkeypatch):
+    """An echoed prompt is computed in full (every position's logits), whatever the prefix cache
+    holds, so it must count in full against the per-step prefill budget."""
+    budget = 64
+    prompt = text(80, 3)
+    with engine_with(loaded, prefill_budget=budget) as engine:
+        engine.submit(greedy(prompt, 1)).result(timeout=60)  # now cached
+        intakes: list[tuple[int, int]] = []  # (requests, echoed prompt tokens) taken while rows ran
+        admit = engine._admit
+
+        def recording(jobs):
+            if engine._running():
+                intakes.append((len(jobs), sum(len(j.ids) for j in jobs if j.echo)))
+            admit(jobs)
+
+        monkeypatch.setattr(engine, "_admit", recording)
+        reached, release = hold_worker(monkeypatch, engine)
+        running = engine.submit(greedy(LONG, 60))
+        assert reached.wait(60)
+        echoes = [engine.submit(greedy(f"{prompt} {i}", 1, echo_prompt=True)) for i in range(4)]
+        release.set()
+        for future in echoes:
+            assert future.result(timeout=60)["text"].startswith(prompt)
+        running.result(timeout=60)
+    echoed = [intake for intake in intakes if intake[1]]
+    assert echoed and all(count == 1 or tokens <= budget for count, tokens in echoed), echoed
+
+
+def test_a_request_waiting_past_its_timeout_gets_a_timeout_error(loaded, monkeypatch):
+    """Requests held past request_timeout_s fail with RequestTimeout and free their rows; the
+    engine serves the next request."""
+    with engine_with(loaded, request_timeout_s=0.5) as engine:
+        reached, release = hold_worker(monkeypatch, engine)
+        running = engine.submit(greedy(LONG, 1000))
+        assert reached.wait(60)
+        waiting = engine.submit(greedy("The capital of France is", 3))
+        time.sleep(1.0)
+        release.set()
+        for future in (running, waiting):
+            with pytest.raises(RequestTimeout, match="0.5 s"):
+                future.result(timeout=30)
+        assert engine.submit(greedy("The capital of France is", 3)).result(timeout=30)["tokens"]
+        assert not engine._running()
+
+
+def test_a_full_queue_refuses_new_requests(loaded, monkeypatch):
+    with engine_with(loaded, max_batch=1, max_queue=2) as engine:
+        reached, release = hold_worker(monkeypatch, engine)
+        running = engine.submit(greedy(LONG, 20))
+        assert reached.wait(60)
+        queued = [engine.submit(greedy(f"question {i}", 2)) for i in range(2)]
+        with pytest.raises(Unavailable, match="2 requests"):
+            engine.submit(greedy("one too many", 2))
+        release.set()
+        for future in [running, *queued]:
+            assert future.result(timeout=60)["tokens"]
+        assert engine.submit(greedy("room again", 2)).result(timeout=60)["tokens"]
+
+
+def test_a_body_in_many_small_chunks_is_read_in_linear_time():
+    """The size limit reads chunked bodies piece by piece; joining them by repeated
+    concatenation copied the body once per chunk (32768 chunks of 64 bytes: gigabytes)."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from submission.main import limit_body
+
+    chunk, count = b"x" * 64, 32768
+
+    async def receive():
+        nonlocal count
+        count -= 1
+        return {"type": "http.request", "body": chunk, "more_body": count > 0}
+
+    async def call_next(request: Request) -> Response:
+        return Response(str(len(await request.body())))
+
+    scope = {"type": "http", "method": "POST", "path": "/tokenize", "headers": [], "query_string": b""}
+    begin = time.perf_counter()
+    response = asyncio.run(limit_body(Request(scope, receive), call_next))
+    elapsed = time.perf_counter() - begin
+    assert response.body == str(64 * 32768).encode()
+    assert elapsed < 1.5, elapsed
