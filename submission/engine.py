@@ -60,8 +60,9 @@ class Unavailable(RuntimeError):
         self.retry_after = retry_after
 
 
-class RequestTimeout(TimeoutError):
-    """The request was not served within request_timeout_s."""
+class RequestTimeout(RuntimeError):
+    """The request was not served within request_timeout_s. (Not a TimeoutError: the handler
+    tells it apart from its own wait running out.)"""
 
 
 RETRY_AFTER_S = 1  # a full queue drains in about a decoding step per waiting request

@@ -3,6 +3,7 @@ overridable by the flags of `python -m submission`."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 
@@ -40,8 +41,10 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_wait_ms < 0 or self.prefix_cache_tokens < 0 or self.threads < 0:
             raise ValueError("batch_wait_ms, prefix_cache_tokens and threads must not be negative")
-        if not self.request_timeout_s > 0:
-            raise ValueError(f"request_timeout_s must be positive, not {self.request_timeout_s}")
+        if not 0 < self.request_timeout_s < math.inf:
+            raise ValueError(f"request_timeout_s must be a positive number, not {self.request_timeout_s}")
+        if not math.isfinite(self.batch_wait_ms):
+            raise ValueError(f"batch_wait_ms must be a number, not {self.batch_wait_ms}")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -10,18 +10,23 @@ step (a wrapper around that method of the engine object), submits them, then let
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import httpx
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 
 from submission.api import ProcessRequest
 from submission.engine import Engine, RequestTimeout, Unavailable
 from submission.loading import load
 from submission.settings import Settings
+from tests.test_server import Server, body_strategy
 
 LONG = "word " * 10  # greedy on the tiny model: 1500 tokens without an EOS
 
@@ -34,8 +39,8 @@ def loaded(tiny_model):
 
 
 @contextmanager
-def engine_with(loaded, **settings) -> Iterator[Engine]:
-    engine = Engine(*loaded, Settings(model="test", **{"batch_wait_ms": 0, **settings}))
+def engine_with(loaded, **overrides) -> Iterator[Engine]:
+    engine = Engine(*loaded, Settings(model="test", **{"batch_wait_ms": 0, **overrides}))
     try:
         yield engine
     finally:
@@ -230,3 +235,96 @@ def test_a_body_in_many_small_chunks_is_read_in_linear_time():
     elapsed = time.perf_counter() - begin
     assert response.body == str(64 * 32768).encode()
     assert elapsed < 1.5, elapsed
+
+
+# ---- the same limits over HTTP: a real uvicorn server with small bounds ------------------------
+
+
+@pytest.fixture(scope="module")
+def bounded(tiny_model, tmp_path_factory):
+    """A server that takes 2 rows, queues 2 more, and gives each request 2 seconds."""
+    env = {
+        "HARNESS_MODEL": str(tiny_model),
+        "HARNESS_THREADS": "1",
+        "HARNESS_MAX_BATCH": "2",
+        "HARNESS_MAX_QUEUE": "2",
+        "HARNESS_REQUEST_TIMEOUT_S": "2",
+    }
+    server = Server(["-m", "submission"], env, tmp_path_factory.mktemp("bounded") / "server.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def long_request() -> dict:
+    return {"prompt": LONG, "max_new_tokens": 1500, "temperature": 1e-7}
+
+
+def test_overload_gets_503_with_retry_after_and_slow_requests_504(bounded):
+    """Twelve 1500-token requests at once against 2 rows and a queue of 2: the ones beyond the
+    queue are refused at once, the ones taken time out with a message, and the server serves on."""
+
+    def send(_) -> httpx.Response:
+        with bounded.client() as client:
+            return client.post("/process", json=long_request())
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(send, range(12)))
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {503, 504}, [r.text for r in responses]
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert "max_queue" in response.json()["detail"]
+        else:
+            assert "request_timeout_s" in response.json()["detail"]
+    with bounded.client() as client:
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["running"] == 0
+        assert client.post("/process", json={"prompt": "still up?", "max_new_tokens": 2}).status_code == 200
+
+
+def test_fuzz_under_overload_bad_input_still_names_the_field(bounded):
+    """The schema fuzz of test_server.py, sent while other clients keep the bounded server's rows
+    and queue full: each answer is a 200, a 422 naming a field, a 503 with Retry-After or a 504,
+    never a server error."""
+    schema = httpx.get(bounded.url + "/openapi.json").json()["components"]["schemas"]
+    stop = threading.Event()
+
+    def load() -> None:
+        with bounded.client() as client:
+            while not stop.is_set():
+                client.post("/process", json=long_request())
+
+    loaders = [threading.Thread(target=load) for _ in range(5)]
+    for thread in loaders:
+        thread.start()
+    fields = set(schema["ProcessRequest"]["properties"])
+    seen: set[int] = set()
+    try:
+        with bounded.client() as client:
+
+            @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+            @given(body=body_strategy(schema, "ProcessRequest"))
+            def answered(body):
+                response = client.post(
+                    "/process", content=json.dumps(body), headers={"content-type": "application/json"}
+                )
+                seen.add(response.status_code)
+                assert response.status_code in (200, 422, 503, 504), (body, response.text)
+                if response.status_code == 422:
+                    for error in response.json()["detail"]:  # a field, the body itself, or bad JSON
+                        loc = error["loc"]
+                        assert loc[0] == "body", response.text
+                        assert len(loc) == 1 or loc[1] in fields or error["type"] == "json_invalid", loc
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] == "1"
+
+            answered()
+    finally:
+        stop.set()
+        for thread in loaders:
+            thread.join()
+    assert {422, 503} <= seen
