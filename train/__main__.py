@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                                          recipe.model.allow_unapproved or args.allow_unapproved_model)
         if warning:
             say(f"warning     {warning}")
-        for line in rules.apply_gpu_limits(track):
+        for line in rules.apply_gpu_limits(track, plan.paged_state_gib(recipe)):
             say(f"track       {line}")
         if not args.resume:
             run_dir = choose_run_dir(recipe, args.output_dir)

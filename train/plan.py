@@ -68,20 +68,87 @@ def lora_params(shape: Shape, recipe: Recipe) -> int:
     return shape.layers * sum(recipe.lora.r * (a + b) for name, (a, b) in dims.items() if name in recipe.lora.targets)
 
 
-def memory_estimate_gib(shape: Shape, recipe: Recipe) -> dict[str, float]:
-    """Rough GPU memory: NF4 weights (~4.13 bits with double quantization), bf16 embeddings,
-    fp32 LoRA weights + grads + 8-bit Adam moments, checkpointed activations, fp32 logits."""
-    t = recipe.train
-    bits = 4.127 if recipe.model.quantization == "nf4" else 16
+@dataclass(frozen=True)
+class MemoryTerm:
+    name: str
+    gib: float
+    note: str = ""
+
+
+def activation_bytes(recipe: Recipe, on_gpu: bool) -> int:
+    """Bytes per activation element: bf16 under autocast (train.loop.autocast_dtype), else fp32."""
+    autocast = recipe.train.autocast
+    return 2 if autocast == "bf16" or (autocast == "auto" and on_gpu and recipe.model.compute_dtype in ("auto", "bf16")) else 4
+
+
+def optimizer_state_bytes(shape: Shape, recipe: Recipe) -> int:
+    """AdamW's two moments per LoRA parameter: one byte each in 8-bit (plus an fp32 absmax per 256-value
+    block), four each in fp32."""
+    per_param = 2 + 2 * 4 / 256 if recipe.train.optimizer.endswith("8bit") else 8
+    return round(lora_params(shape, recipe) * per_param)
+
+
+def paged_state_gib(recipe: Recipe) -> float | None:
+    """The paged optimizer's state on the card (0 for an unpaged optimizer; None: shape unknown)."""
+    shape = shape_of(recipe.model.base)
+    if shape is None:
+        return None
+    return optimizer_state_bytes(shape, recipe) / 2**30 if recipe.train.optimizer.startswith("paged") else 0.0
+
+
+def memory_terms(shape: Shape, recipe: Recipe, on_gpu: bool) -> list[MemoryTerm]:
+    """Peak memory of one training step, term by term (estimates, from the libraries' behaviour):
+
+    - prepare_model_for_kbit_training upcasts every parameter that is not 4-bit to fp32, so the
+      embeddings and lm_head take 4 bytes each;
+    - the residual stream stays fp32 (fp32 embeddings, fp32 norms; autocast only lowers matmuls), so
+      gradient checkpointing keeps one fp32 hidden state per token per layer;
+    - in the backward pass one layer at a time is recomputed with all its intermediates: two norms
+      (fp32 input and output), q/k/v before and after the rotary embedding, the attention output, the
+      MLP's gate, up, activation and product, and for every LoRA target its dropout output (the
+      4-bit base matmuls keep no input);
+    - the logits in the activation dtype, their fp32 copy for the loss, the log-softmax and its grad;
+    - the paged 8-bit optimizer state lives in CUDA managed memory and the CUDA context in the driver:
+      both on the card, both outside the caching allocator (train.rules.allocator_cap_gib).
+    """
+    from train.rules import CUDA_CONTEXT_GIB
+
+    m, t = recipe.model, recipe.train
+    a = activation_bytes(recipe, on_gpu)
     tokens = t.micro_batch_size * t.max_seq_len
-    parts = {
-        "base weights": shape.linear_params() * bits / 8 + shape.embedding_params() * 2,
-        "LoRA + grads + optimizer": lora_params(shape, recipe) * (4 + 4 + 2),
-        "activations": tokens * shape.hidden * 2 * shape.layers
-        + tokens * (10 * shape.hidden + 3 * shape.intermediate) * 2,
-        "logits": tokens * shape.vocab * 4 * 2,
-    }
-    return {k: v / 2**30 for k, v in parts.items()}
+    h, i, layers = shape.hidden, shape.intermediate, shape.layers
+    kv = h // shape.heads * shape.kv_heads
+    if m.quantization == "nf4":
+        bits = 4 + 8 / 64 + 32 / (64 * 256) if m.double_quant else 4 + 32 / 64
+        base = MemoryTerm("base weights", shape.linear_params() * bits / 8,
+                          f"NF4, {bits:.3f} bits/weight with {'double' if m.double_quant else 'single'} quantization")
+        embed = MemoryTerm("embeddings + lm_head", shape.embedding_params() * 4.0, "fp32: upcast by peft's k-bit prep")
+    else:
+        base = MemoryTerm("base weights", shape.linear_params() * 2.0, "bf16")
+        embed = MemoryTerm("embeddings + lm_head", shape.embedding_params() * 2.0, "bf16")
+    n_lora = lora_params(shape, recipe)
+    in_dims = [a_in for name, (a_in, _) in shape.proj_dims().items() if name in recipe.lora.targets]
+    lora_inputs = sum(in_dims) if recipe.lora.dropout > 0 else 0
+    per_layer = (2 * 2 * h * 4  # two RMSNorms: fp32 input and output
+                 + (2 * (h + 2 * kv) + 2 * h + 4 * i + lora_inputs + len(in_dims) * recipe.lora.r) * a)
+    if t.gradient_checkpointing:
+        kept = MemoryTerm("checkpointed layer inputs", tokens * h * 4.0 * layers, "fp32 residual stream, every layer")
+        recomputed = MemoryTerm("recomputed layer", tokens * per_layer, "one layer's intermediates in backward")
+    else:
+        kept = MemoryTerm("layer activations", tokens * per_layer * layers, "every layer's intermediates")
+        recomputed = MemoryTerm("recomputed layer", 0.0, "no gradient checkpointing")
+    paged = t.optimizer.startswith("paged")
+    terms = [
+        base, embed,
+        MemoryTerm("LoRA weights + grads", n_lora * 8.0, "fp32"),
+        MemoryTerm("optimizer state", optimizer_state_bytes(shape, recipe),
+                   ("8-bit" if t.optimizer.endswith("8bit") else "fp32") + (", paged: outside the allocator" if paged else "")),
+        kept, recomputed,
+        MemoryTerm("logits + loss", tokens * shape.vocab * (a + 3 * 4.0), "logits, fp32 copy, log-softmax, its grad"),
+    ]
+    if on_gpu:
+        terms.append(MemoryTerm("CUDA context", CUDA_CONTEXT_GIB * 2**30, "driver and kernels: outside the allocator"))
+    return [MemoryTerm(term.name, term.gib / 2**30, term.note) for term in terms]
 
 
 def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
@@ -110,9 +177,7 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
     size = f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.1f}M"
     lines.append(f"shape       {shape.model_type}: {size} parameters, "
                  f"{lora_params(shape, recipe) / 1e6:.1f}M trainable (LoRA)")
-    mem = memory_estimate_gib(shape, recipe)
-    lines.append(f"memory      ~{sum(mem.values()):.1f} GiB (rough): "
-                 + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
+    lines += memory_lines(shape, recipe, track_name)
     if track_name in PEAK_TFLOPS:
         flops_per_token = 6 * total  # forward, recomputed forward, backward to the inputs (base weights are frozen)
         tokens_per_s = PEAK_TFLOPS[track_name] * 1e12 * ASSUMED_MFU / flops_per_token
@@ -123,3 +188,22 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
     else:
         lines.append("speed       not estimated on the cpu track (measured throughput shows in the progress bar)")
     return "\n".join(lines)
+
+
+def memory_lines(shape: Shape, recipe: Recipe, track_name: str) -> list[str]:
+    """The memory plan, one term a line, and whether it fits the track's card."""
+    from train.rules import load_rules
+
+    track = load_rules().tracks.get(track_name)
+    card = track.gpu_memory_gib if track else None
+    terms = memory_terms(shape, recipe, on_gpu=card is not None)
+    total = sum(term.gib for term in terms)
+    where = "on the GPU" if card is not None else "in RAM (the CPU track)"
+    lines = [f"memory      ~{total:.2f} GiB {where} (estimate), term by term:"]
+    width = max(len(term.name) for term in terms)
+    lines += [f"              {term.name:{width}s} {term.gib:7.2f} GiB  {term.note}" for term in terms]
+    if card is not None:
+        spare = card - total
+        verdict = f"fits with {spare:.2f} GiB to spare" if spare >= 0 else f"DOES NOT FIT: {-spare:.2f} GiB over"
+        lines.append(f"              {track_name} card: {card:.2f} GiB: {verdict}")
+    return lines

@@ -269,11 +269,29 @@ def check_base_model(rules: Rules, model_id: str, model_type: str, allow_unappro
     raise ValueError(f"base model {model_id} refused: {reasons}. Pass {OVERRIDE_FLAG} to use it anyway")
 
 
-def apply_gpu_limits(track: Track) -> list[str]:
+# The CUDA context (driver state and the loaded kernels of torch, bitsandbytes and flash-attn) sits on
+# the card outside the caching allocator: about 0.5 GiB on Ampere/Ada cards with CUDA's lazy loading.
+CUDA_CONTEXT_GIB = 0.5
+
+
+def allocator_cap_gib(card_gib: float, context_gib: float, paged_state_gib: float) -> float:
+    """What the track's card leaves to the caching allocator: its memory less the CUDA context and the
+    paged optimizer state (CUDA managed memory), which are on the card but outside the allocator. (A
+    resumed run loads that state into the allocator instead: the cap is then conservative.)"""
+    cap = card_gib - context_gib - paged_state_gib
+    if cap <= 0:
+        raise ValueError(f"the CUDA context ({context_gib:.2f} GiB) and the paged optimizer state"
+                         f" ({paged_state_gib:.2f} GiB) leave nothing of the card's {card_gib:.2f} GiB")
+    return cap
+
+
+def apply_gpu_limits(track: Track, paged_state_gib: float | None = None) -> list[str]:
     """Make this process see no more than the track's hardware, and say what was done.
 
-    Refuses extra visible GPUs rather than choosing one silently, and caps the CUDA caching allocator
-    at the track card's memory when the device is bigger, so a run that fits here fits on the track."""
+    Refuses extra visible GPUs rather than choosing one silently. On a bigger card it caps the CUDA
+    caching allocator at what the track's card leaves it (allocator_cap_gib), so a run that fits here
+    fits on the track; the context is this process's as measured, at least CUDA_CONTEXT_GIB (kernels
+    load lazily, later); `paged_state_gib` is train.plan.paged_state_gib's estimate (None: unknown)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -293,11 +311,16 @@ def apply_gpu_limits(track: Track) -> list[str]:
     lines = [f"CUDA device 0: {props.name}, {total_gib:.2f} GiB"]
     limit = track.gpu_memory_gib
     if limit is not None and total_gib > limit:
-        fraction = limit / total_gib
+        free, total = torch.cuda.mem_get_info(0)
+        context = max(CUDA_CONTEXT_GIB, (total - free - torch.cuda.memory_reserved(0)) / 2**30)
+        cap = allocator_cap_gib(limit, context, paged_state_gib or 0.0)
+        fraction = cap / total_gib
         torch.cuda.set_per_process_memory_fraction(fraction, 0)
+        paged = "unknown (model shape not known)" if paged_state_gib is None else f"{paged_state_gib:.2f} GiB"
         lines.append(
-            f"capped this process's CUDA memory at {limit:.2f} GiB (fraction {fraction:.3f}) to match the"
-            f" {track.name} track's card"
+            f"capped this process's CUDA caching allocator at {cap:.2f} GiB (fraction {fraction:.3f}): the"
+            f" {track.name} track's card {limit:.2f} GiB less the CUDA context {context:.2f} GiB and the paged"
+            f" optimizer state {paged}, which sit outside the allocator"
         )
     elif limit is not None and total_gib < limit:
         lines.append(
