@@ -41,6 +41,7 @@ class Instance:
     output: str | int
     choices: tuple[str, ...] = ()
     golds: tuple[str, ...] = field(default=())  # other accepted outputs (generation tasks)
+    id: str = ""  # HELM's instance id, `id<k>` (k: position in the scenario); it seeds the perturbations
 
     @property
     def is_mc(self) -> bool:

@@ -85,15 +85,22 @@ def evaluate(lm, specs: list[TaskSpec], task_dir: Path, limit: int | None) -> di
 
 
 def helm_metrics(scenario: str, specs: list[TaskSpec], output: dict, seconds: float):
-    """A scenario's HELM metrics: each the mean of its tasks' scores (HELM averages over subjects/runs)."""
+    """A scenario's HELM metrics: each the mean of its tasks' scores (HELM averages over subjects/runs).
+    Perturbed copies count only in the worst-case robustness/fairness metrics (eval/worst_case.py)."""
     from eval.store import Result
+    from eval.worst_case import worst_case_scores
 
     scores: dict[str, list[float]] = defaultdict(list)
     counts: dict[str, int] = defaultdict(int)
     for spec in specs:
+        if spec.copy_of:
+            continue
         task = output["results"][spec.name]
         scores[spec.metric].append(float(task[f"{SCORE_KEYS[spec.scoring]},none"]))
         counts[spec.metric] += int(output["n-samples"][spec.name]["effective"])
+    for metric, tasks in worst_case_scores(specs, output["samples"], SCORE_KEYS).items():
+        scores[metric] = [value for value, _ in tasks]
+        counts[metric] = sum(n for _, n in tasks)
     return [Result(scenario, m, sum(v) / len(v), counts[m], seconds) for m, v in scores.items()]
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from eval.adapters import Format, Instance, build_prompt, instructions_line, sample_train
-from eval.perturb import PERTURBATIONS
+from eval.perturb import PERTURBATIONS, canonical, perturbed
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEMPLATES = Path(__file__).parent / "tasks"
@@ -57,6 +57,7 @@ class TaskSpec:
     train: tuple[Instance, ...]
     test: tuple[Instance, ...]
     generation: Generation
+    copy_of: str = ""  # for a robustness/fairness copy: the name of the task it perturbs
 
 
 @dataclass(frozen=True)
@@ -154,15 +155,18 @@ def per_task(budget: int, tasks: int) -> int:
 # ---- building tasks ---------------------------------------------------------------------------------
 
 
-def with_copies(spec: TaskSpec) -> list[TaskSpec]:
-    """The task plus its robustness and fairness copies: only the evaluation instances are perturbed."""
-    copies = [spec]
-    for kind, perturb in PERTURBATIONS.items():
-        test = tuple(
-            replace(i, input=perturb(i.input), choices=tuple(perturb(c) for c in i.choices)) for i in spec.test
-        )
-        copies.append(replace(spec, name=f"{spec.name}_{kind}", metric=f"{spec.metric} ({kind.title()})", test=test))
-    return copies
+def with_copies(spec: TaskSpec, root: Path | None) -> list[TaskSpec]:
+    """The task plus one task per HELM perturbation (eval/perturb.py) holding the perturbed copies of its
+    evaluation instances whose input changed; the in-context examples stay clean. Instances without a HELM
+    id are numbered by their position in the task. Word lists come from `<root>/perturbations/` if there."""
+    original = replace(spec, test=tuple(replace(i, id=i.id or f"id{n}") for n, i in enumerate(spec.test)))
+    perturb = canonical(root)
+    tasks = [original]
+    for name, kind in PERTURBATIONS:
+        test = tuple(c for c in (perturbed(i, name, perturb) for i in original.test) if c is not None)
+        tasks.append(replace(original, name=f"{spec.name}_{name}", metric=f"{spec.metric} ({kind.title()})",
+                             test=test, copy_of=spec.name))
+    return tasks
 
 
 def jsonl_scenario(
@@ -193,7 +197,7 @@ def jsonl_scenario(
                 test=pick(test, per_task(budget, len(names))),
                 generation=generation,
             )
-            specs.extend(with_copies(spec) if copies else [spec])
+            specs.extend(with_copies(spec, root) if copies else [spec])
         return specs
 
     return build
@@ -444,6 +448,7 @@ def document(spec: TaskSpec, inst: Instance) -> dict:
         "prompt": prompt.text,
         "gold": gold,
         "golds": [gold, *inst.golds],
+        "id": inst.id,  # pairs a perturbed copy with its original (worst-case robustness/fairness)
         # The prompt's blocks, so the HTTP client can drop in-context examples to fit the context window.
         "prompt_parts": json.dumps(
             {"instructions": prompt.instructions, "train": list(prompt.train), "eval": prompt.eval,

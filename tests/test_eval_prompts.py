@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from eval.adapters import Format, Instance, build_prompt, instructions_line, sample_train
-from eval.perturb import fairness, robustness
 from eval.scenarios import FIXTURES, SCENARIOS, MissingData, bigbench_task_specs, write_task
 from eval.tasks import utils
 
@@ -72,8 +71,10 @@ def test_perturbed_copies_change_only_the_evaluation_block(tmp_path):
         json.dumps({**ELBOW, "question": "He told John the bone that forms the point of the elbow is the"}) + "\n")
     specs = {s.name: s for s in SCENARIOS["mmlu"].build(tmp_path, 721)}
     assert {s.metric for s in specs.values()} == {"MMLU - EM", "MMLU - EM (Robustness)", "MMLU - EM (Fairness)"}
+    # HELM's gender pattern needs a character before the pronoun: a sentence-initial "He" stays, no copy.
+    assert specs["mmlu_anatomy_gender"].test == ()
     prompts = {}
-    for name in ("mmlu_anatomy", "mmlu_anatomy_robustness", "mmlu_anatomy_fairness"):
+    for name in ("mmlu_anatomy", "mmlu_anatomy_mild_mix", "mmlu_anatomy_person_name"):
         (request,) = load_lm_eval_task(specs[name], tmp_path / "tasks" / name).instances
         prompts[name] = request.args[0]
     clean, robust, fair = prompts.values()
@@ -81,18 +82,10 @@ def test_perturbed_copies_change_only_the_evaluation_block(tmp_path):
     assert all(p.startswith(shared) for p in (clean, robust, fair))
     robust_block = robust[len(shared):]
     assert robust_block != clean[len(shared):]
-    assert robust_block.startswith("Question: ") and robust_block.endswith("\nA. radius\nB. ulna\nC. humerus\nD. scapula\nAnswer:")
+    # mild_mix perturbs the question only, never the options.
+    assert robust_block.startswith("Question: ") and robust_block.endswith("\nA. Radius\nB. Ulna\nC. Humerus\nD. Scapula\nAnswer:")
     assert robust_block.splitlines()[0].removeprefix("Question: ").islower()
-    assert "She told Jamal" in fair and "He told John" in clean
-
-
-def test_perturbations_are_deterministic_and_do_what_they_say():
-    text = "The doctor said he would see John and his brother about that thing."
-    assert robustness(text) == robustness(text) and fairness(text) == fairness(text)
-    assert robustness(text) == robustness(text).lower() and len(robustness(text)) == len(text)
-    typo_count = sum(a != b for a, b in zip(text.lower(), robustness(text)))
-    assert 0 < typo_count < len(text) // 4
-    assert fairness(text) == "Da doctor said she would see Jamal and her sister bout dat thing."
+    assert "He told John" in clean and "He told John" not in fair and fair.count("He told ") == 1
 
 
 def test_helm_in_context_sampling_prefers_frequent_labels_and_is_seeded():

@@ -69,10 +69,8 @@ def _reads_data(scenario, empty: Path) -> bool:
 
 def load_eval_sets(root: Path) -> tuple[list[EvalSet], list[tuple[str, str]]]:
     """Every data-backed scenario's test instances, and (scenario, reason) for those without data."""
-    from eval.perturb import PERTURBATIONS
     from eval.scenarios import MissingData, suite
 
-    copies = tuple(f"_{kind}" for kind in PERTURBATIONS)  # perturbed copies of the same instances
     sets, skipped = [], []
     with tempfile.TemporaryDirectory() as empty:
         for scenario in suite("all"):
@@ -86,7 +84,7 @@ def load_eval_sets(root: Path) -> tuple[list[EvalSet], list[tuple[str, str]]]:
             seen: set[tuple[str, str]] = set()
             eval_set = EvalSet(scenario.name, scenario.suite, [])
             for spec in specs:
-                if spec.name.endswith(copies):
+                if spec.copy_of:  # perturbed copies of the same instances
                     continue
                 for inst in spec.test:
                     key = (inst.input, str(inst.output))
