@@ -1,7 +1,18 @@
-"""The model under training: a 4-bit NF4 base (bitsandbytes) with LoRA adapters (peft)."""
+"""Models, loaded the one way: for training, serving and in-process evaluation alike.
+
+One rule picks the compute dtype (`compute_dtype`), one the attention (`attention_implementation`),
+one function loads a base model (`load_base`). Training puts LoRA on a 4-bit NF4 base
+(`load_model`) and saves the adapter with the quantization its base weights had
+(`save_adapter`: `base_quantization.json` beside peft's files). Serving and evaluation load the
+model the adapter was trained as (`load_trained`): a QLoRA adapter learned on the NF4-dequantized
+weights, so a full-precision model re-creates those weights (the same NF4 quantization, then
+bitsandbytes' dequantization) and merges LoRA into them, not into the original weights; a 4-bit
+model keeps the adapter beside the base, cast to the compute dtype.
+"""
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import json
 from pathlib import Path
 
 import torch
@@ -9,35 +20,52 @@ import torch
 from train.recipe import Recipe
 from train.tiny import resolve_model_id
 
+BASE_QUANTIZATION = "base_quantization.json"  # in an adapter folder: the base weights' quantization
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+QUANTIZED = ("nf4", "int8")  # served quantizations; the others are DTYPES' names
+
 
 def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def compute_dtype(setting: str) -> torch.dtype:
-    """bf16 where the hardware runs it natively (CUDA Ampere+ or a CPU with bf16 support), else fp32."""
+    """The one dtype rule. `auto`: bf16 on a GPU that runs it natively, fp16 on an older GPU, fp32
+    on the CPU (bitsandbytes' CPU kernels and PyTorch's CPU matmuls are fastest there in fp32)."""
     if setting != "auto":
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[setting]
+        return DTYPES[setting]
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else torch.float32
+    return torch.float32
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, known in DTYPES.items() if known == dtype)
 
 
 def attention_implementation(setting: str) -> str:
-    """flash-attn 2 when it is installed and CUDA is there, else PyTorch SDPA."""
+    """flash-attn 2 where transformers accepts it and it really imports (a wheel built against another
+    torch fails only at import, with an undefined symbol), else PyTorch SDPA."""
     if setting != "auto":
         return setting
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    from transformers.utils import is_flash_attn_2_available
+
+    return "flash_attention_2" if is_flash_attn_2_available() and flash_attn_imports() else "sdpa"
+
+
+def flash_attn_imports() -> bool:
+    try:
+        importlib.import_module("flash_attn")
+    except (ImportError, OSError):  # OSError: a missing CUDA library
+        return False
+    return True
+
+
+def nf4_config(dtype: torch.dtype, double_quant: bool = True):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
+                              bnb_4bit_compute_dtype=dtype)
 
 
 def load_tokenizer(model_id: str):
@@ -55,22 +83,29 @@ def load_base_config(model_id: str):
     return AutoConfig.from_pretrained(resolve_model_id(model_id))
 
 
+def load_base(model_id: str, dtype: torch.dtype, attention: str, quantization=None):
+    """A base model (hub id, folder or the embedded id) on this machine's device, every weight that
+    is not quantized in `dtype` (not the config's own dtype: Llama-2's says fp16)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": dtype, "attn_implementation": attention, "device_map": {"": device()}}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    return AutoModelForCausalLM.from_pretrained(resolve_model_id(model_id), **kwargs)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
 def load_model(recipe: Recipe):
-    """Base model in NF4 (double quantization, bf16 compute where supported), prepared for k-bit
+    """Base model in NF4 (double quantization, the compute dtype of the rule), prepared for k-bit
     training with gradient checkpointing, with LoRA on the recipe's target projections."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     m, t = recipe.model, recipe.train
     dtype = compute_dtype(m.compute_dtype)
-    kwargs: dict = {"dtype": dtype, "attn_implementation": attention_implementation(m.attention),
-                    "device_map": {"": device()}}
-    if m.quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=m.double_quant,
-            bnb_4bit_compute_dtype=dtype,
-        )
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_id(m.base), **kwargs)
+    quantization = nf4_config(dtype, m.double_quant) if m.quantization == "nf4" else None
+    model = load_base(m.base, dtype, attention_implementation(m.attention), quantization)
     model.config.use_cache = False
     ckpt_kwargs = {"use_reentrant": False}
     if m.quantization == "nf4":
@@ -91,6 +126,14 @@ def load_model(recipe: Recipe):
     return model
 
 
+def save_adapter(model, folder: Path) -> None:
+    """peft's adapter folder, plus the quantization of the base weights it was trained on."""
+    model.save_pretrained(folder)
+    quantization = getattr(model.config, "quantization_config", None)
+    if quantization is not None:
+        (Path(folder) / BASE_QUANTIZATION).write_text(quantization.to_json_string(use_diff=False))
+
+
 def make_optimizer(recipe: Recipe, model) -> torch.optim.Optimizer:
     import bitsandbytes as bnb
 
@@ -99,3 +142,61 @@ def make_optimizer(recipe: Recipe, model) -> torch.optim.Optimizer:
     kind = {"paged_adamw_8bit": bnb.optim.PagedAdamW8bit, "adamw_8bit": bnb.optim.AdamW8bit,
             "adamw": torch.optim.AdamW}[t.optimizer]
     return kind(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+# --- serving and evaluation --------------------------------------------------------------------
+
+
+def resolve_quant(quant: str) -> str:
+    """`auto` serves in the compute dtype of the rule, the adapter merged."""
+    return dtype_name(compute_dtype("auto")) if quant == "auto" else quant
+
+
+def trained_quantization(adapter: str | Path):
+    """The BitsAndBytesConfig of the base weights `adapter` was trained on; None for a full-precision
+    base (or an adapter from elsewhere that does not say)."""
+    from transformers import BitsAndBytesConfig
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ValueError(f"adapter {str(adapter)!r} is not a PEFT adapter folder (no adapter_config.json)")
+    path = Path(adapter) / BASE_QUANTIZATION
+    if not path.is_file():
+        return None
+    try:
+        return BitsAndBytesConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a bitsandbytes quantization config ({err})") from None
+
+
+def load_trained(model_id: str, adapter: str | Path | None, quant: str, attention: str):
+    """(model in eval mode, tokenizer, the quantization used): `model_id` with `adapter` as it was trained.
+
+    quant: auto, nf4, int8 (adapter beside the quantized base) or bf16, fp16, fp32 (adapter merged)."""
+    quant = resolve_quant(quant)
+    dtype = compute_dtype("auto" if quant in QUANTIZED else quant)
+    trained_on = None if adapter is None else trained_quantization(adapter)
+    if quant == "nf4":
+        quantization = trained_on or nf4_config(dtype)
+        quantization.bnb_4bit_compute_dtype = dtype
+        model = load_base(model_id, dtype, attention, quantization)
+    elif quant == "int8":
+        from transformers import BitsAndBytesConfig
+
+        model = load_base(model_id, dtype, attention, BitsAndBytesConfig(load_in_8bit=True))
+    elif trained_on is not None:
+        # Quantize as training did (loaded in its dtype), then dequantize: the weights LoRA learned on.
+        model = load_base(model_id, trained_on.bnb_4bit_compute_dtype, attention, trained_on)
+        model = model.dequantize(dtype=dtype).to(dtype)
+    else:
+        model = load_base(model_id, dtype, attention)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter))
+        if quant in QUANTIZED:
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.data = param.data.to(dtype)  # peft keeps adapters in fp32: a second, slower matmul
+        else:
+            model = model.merge_and_unload()
+    return model.eval(), load_tokenizer(model_id), quant

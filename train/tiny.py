@@ -42,6 +42,8 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from train.rules import load_rules
+
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -62,7 +64,7 @@ def build_tokenizer():
         eos_token="</s>",
         pad_token="<pad>",
         clean_up_tokenization_spaces=False,
-        model_max_length=2048,
+        model_max_length=load_rules().max_total_tokens,  # the competition's context
     )
 
 
@@ -71,6 +73,8 @@ def build_model(tokenizer, seed: int = 0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from train.rules import load_rules
+
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=128,
@@ -78,7 +82,7 @@ def build_model(tokenizer, seed: int = 0):
         num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=load_rules().max_total_tokens,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
