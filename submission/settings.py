@@ -7,6 +7,8 @@ import math
 import os
 from dataclasses import dataclass, fields
 
+from train.rules import load_rules
+
 QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "fp16", "fp32")
 
 
@@ -15,7 +17,7 @@ class Settings:
     model: str = "embedded:tiny-llama"  # HF hub id or local folder; the embedded id builds the tiny model
     adapter: str | None = None  # PEFT adapter folder (the output of `python -m train`)
     quant: str = "auto"  # auto: bf16 (or fp16) on a GPU, fp32 on a CPU
-    context: int = 2048  # prompt + generation limit (the competition's); capped by the model's own
+    context: int = load_rules().max_total_tokens  # prompt + generation limit; capped by the model's own
     max_batch: int = 32  # rows decoded together
     batch_wait_ms: float = 5.0  # how long an idle engine waits to gather a batch
     prefill_budget: int = 512  # uncached prompt tokens admitted per decoding step while rows run
