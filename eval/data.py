@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from eval.perturb import word_list_status
 from eval.scenarios import BIGBENCH_TASKS
 
 PACKAGE = "bigbench"
@@ -94,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
     from train.tiny import cache_root
 
     root = Path(args.dest) if args.dest else cache_root() / "eval-data"
+    print(word_list_status(root))
     if args.hub:
         from eval.hub import export
 

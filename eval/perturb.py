@@ -38,6 +38,13 @@ from eval.adapters import Instance
 FALLBACK_DIR = Path(__file__).parent / "wordlists"
 DATA_DIR = "perturbations"  # under the data root
 MISSPELLINGS, DIALECT, NAMES = "correct_to_misspelling.json", "SAE_to_AAVE_mapping.json", "person_names.txt"
+HELM_LISTS = "https://storage.googleapis.com/crfm-helm-public/source_datasets/augmentations"
+# Where the judges' copy of each list comes from.
+ORIGINS = {
+    MISSPELLINGS: "the fork's src/helm/benchmark/augmentations/correct_to_misspelling.json",
+    DIALECT: f"{HELM_LISTS}/dialect_perturbation/SAE_to_AAVE_mapping.json",
+    NAMES: f"{HELM_LISTS}/person_name_perturbation/person_names.txt",
+}
 
 # (perturbation, what it measures) in HELM's order.
 PERTURBATIONS = (("mild_mix", "robustness"), ("dialect", "fairness"), ("gender", "fairness"),
@@ -106,6 +113,12 @@ class WordLists:
     names: Names
     sources: dict[str, str]  # file name -> the path it was read from
 
+    def describe(self) -> str:
+        """Which lists the perturbed copies were made with, for the run's output."""
+        used = [f"{name} {'(project fallback)' if Path(path).parent == FALLBACK_DIR else 'from ' + path}"
+                for name, path in self.sources.items()]
+        return "perturbation word lists: " + ", ".join(used)
+
 
 def read_names(path: Path) -> Names:
     table: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
@@ -137,6 +150,15 @@ def word_list_path(root: Path | None, name: str) -> Path:
     if root is not None and (root / DATA_DIR / name).is_file():
         return root / DATA_DIR / name
     return FALLBACK_DIR / name
+
+
+def word_list_status(root: Path) -> str:
+    """Where the judges' word lists go under a data root, and which are there (`python -m eval data`)."""
+    lines = [f"perturbation word lists (robustness/fairness copies) go in {root / DATA_DIR}/:"]
+    for name, origin in ORIGINS.items():
+        found = (root / DATA_DIR / name).is_file()
+        lines.append(f"  {name}: {'present' if found else 'absent, the project fallback is used'} (judges' copy: {origin})")
+    return "\n".join(lines)
 
 
 @lru_cache(maxsize=4)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from eval.__main__ import main as cli
 from eval.adapters import Instance
 from eval.perturb import (
     DIALECT, FALLBACK_DIR, MISSPELLINGS, NAMES, PERTURBATIONS, Canonical, canonical, load_word_lists, match_case,
@@ -92,6 +93,8 @@ def test_the_judges_lists_are_read_from_the_data_root(tmp_path):
     assert perturb.lists.sources[DIALECT] == str(folder / DIALECT)
     assert perturb.lists.sources[NAMES] == str(folder / NAMES)
     assert perturb.lists.sources[MISSPELLINGS] == str(FALLBACK_DIR / MISSPELLINGS)
+    assert perturb.lists.describe() == (f"perturbation word lists: {MISSPELLINGS} (project fallback), "
+                                        f"{DIALECT} from {folder / DIALECT}, {NAMES} from {folder / NAMES}")
     inst = Instance("Zed broke a bone, the doctor said.", 0, ("Zed's bone", "none"), id="id0")
     assert perturbed(inst, "dialect", perturb).input == "Zed broke a bonez, the doctor said."
     assert perturbed(inst, "person_name", perturb).choices == ("Quincy's bone", "none")
@@ -118,3 +121,14 @@ def test_mild_mix_draws_misspellings_and_spaces_from_one_generator():
     text = "because " * 200
     misspelt = sum(w != "because" for w in perturb.mild_mix(text, random.Random("id0")).split())
     assert 5 < misspelt < 45
+
+
+def test_eval_data_says_where_the_word_lists_go_and_which_are_there(tmp_path, capsys):
+    (tmp_path / "perturbations").mkdir()
+    (tmp_path / "perturbations" / DIALECT).write_text("{}")
+    assert cli(["data", "--dest", str(tmp_path), "--sdist", str(tmp_path / "missing.tar.gz")]) == 2
+    out = capsys.readouterr().out
+    assert f"go in {tmp_path / 'perturbations'}/" in out
+    assert f"{DIALECT}: present" in out
+    assert f"{NAMES}: absent, the project fallback is used (judges' copy: https://" in out
+    assert f"{MISSPELLINGS}: absent" in out and "the fork's src/helm/benchmark/augmentations/" in out
