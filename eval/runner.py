@@ -3,8 +3,9 @@
 For each scenario: write its lm-eval tasks (YAML + JSONL documents) under `--out/tasks/<scenario>`,
 run them with lm-eval, write lm-eval's results to `--out/<scenario>.json` (the per-instance samples
 beside it), and reduce the per-task scores to the HELM metrics (the mean over a scenario's tasks, e.g.
-over MMLU's subjects). The entry's rows in the results database are replaced in one transaction at the
-end with every scenario that finished, so a failure midway keeps what finished and says what failed.
+over MMLU's subjects). Each scenario's rows of the entry in the results database are replaced, in one
+transaction, as soon as it finishes: a failure or Ctrl-C midway keeps what finished, and the entry's
+other scenarios keep their earlier results.
 """
 from __future__ import annotations
 
@@ -153,6 +154,7 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot load the target: {exc}")
         return 2
+    store = Store(args.db)
     finished, skipped, failed = [], [], None
     try:
         for i, scenario in enumerate(scenarios, 1):
@@ -163,17 +165,15 @@ def main(args: argparse.Namespace) -> int:
                 skipped.append(scenario.name)
                 print(f"  skipped: {exc}", flush=True)
                 continue
+            store.replace_scenario(args.name, track, scenario.name, results, source=args.server or args.model)
             finished.extend(results)
             for r in results:
                 print(f"  {r.metric}: {r.value:.4f} ({r.instances} instances, {r.seconds:.1f} s)", flush=True)
             print(f"  lm-eval results: {path}", flush=True)
     except Exception as exc:  # noqa: BLE001 -- any failure: keep the finished scenarios, name the failing one
         failed = f"{scenario.name}: {type(exc).__name__}: {exc}"
-    finally:
-        if finished:
-            store = Store(args.db)
-            store.replace_entry(args.name, track, finished, source=args.server or args.model)
-            print(f"recorded {len(finished)} metrics of {args.name!r} (track {track}) in {store.path}")
+    if finished:
+        print(f"recorded {len(finished)} metrics of {args.name!r} (track {track}) in {store.path}")
     if skipped:
         print(f"skipped for lack of data: {', '.join(skipped)} (BIG-bench and BBQ: `python -m eval data`; "
               "others: local JSONL or `python -m eval data --hub`; see docs/eval.md)")

@@ -1,7 +1,9 @@
 """The results store: one SQLite file, one row per (track, entry, scenario, metric).
 
-Every write replaces whole entries inside one transaction, so a reader never sees an entry half
-written: an evaluation that fails midway leaves the entry's previous results as they were.
+Every write is one transaction, so a reader never sees a half-written change. An evaluation records
+each scenario as it finishes, replacing only that scenario's rows of the entry: a partial or
+interrupted run keeps what finished and leaves the entry's other scenarios as they were. An import
+replaces whole entries.
 """
 from __future__ import annotations
 
@@ -82,6 +84,21 @@ class Store:
         with closing(self._connect()) as conn:
             conn.executescript(_SCHEMA)
 
+    def replace_scenario(self, entry: str, track: str, scenario: str, results: Iterable[Result],
+                         source: str = "") -> None:
+        """Store one scenario's results for `entry` in `track`, replacing that scenario's previous rows
+        (and no others) in one transaction; the entry is created if new. A bad result, or one of
+        another scenario, leaves the old rows intact."""
+        track = check_track(track)
+        _check_entry(entry)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM results WHERE track = ? AND entry = ? AND scenario = ?", (track, entry, scenario))
+            self._upsert_entry(conn, track, entry, source)
+            for result in results:
+                if result.scenario != scenario:
+                    raise ValueError(f"entry {entry!r}: result {result} is not of scenario {scenario!r}")
+                self._insert(conn, track, entry, result)
+
     def replace_entry(self, entry: str, track: str, results: Iterable[Result], source: str = "") -> None:
         """Store `entry`'s results in `track`, replacing all its previous rows in one transaction:
         any bad result (or an exception raised while `results` is iterated) leaves the old rows intact."""
@@ -90,16 +107,11 @@ class Store:
     def replace_entries(self, track: str, entries: Mapping[str, Iterable[Result]], source: str = "") -> None:
         """Like replace_entry for several entries at once, all in a single transaction."""
         track = check_track(track)
-        recorded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._transaction() as conn:
             for entry, results in entries.items():
-                if not isinstance(entry, str) or not entry.strip():
-                    raise ValueError(f"entry name must be a non-empty string, got {entry!r}")
+                _check_entry(entry)
                 conn.execute("DELETE FROM results WHERE track = ? AND entry = ?", (track, entry))
-                conn.execute(
-                    "INSERT OR REPLACE INTO entries (track, entry, source, recorded_at) VALUES (?, ?, ?, ?)",
-                    (track, entry, source, recorded_at),
-                )
+                self._upsert_entry(conn, track, entry, source)
                 for result in results:
                     self._insert(conn, track, entry, result)
 
@@ -151,6 +163,13 @@ class Store:
             conn.execute("COMMIT")
 
     @staticmethod
+    def _upsert_entry(conn: sqlite3.Connection, track: str, entry: str, source: str) -> None:
+        recorded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conn.execute("INSERT INTO entries (track, entry, source, recorded_at) VALUES (?, ?, ?, ?) ON CONFLICT"
+                     " (track, entry) DO UPDATE SET source = excluded.source, recorded_at = excluded.recorded_at",
+                     (track, entry, source, recorded_at))
+
+    @staticmethod
     def _insert(conn: sqlite3.Connection, track: str, entry: str, result: Result) -> None:
         try:
             value = float(result.value)
@@ -163,3 +182,8 @@ class Store:
             )
         except (AttributeError, TypeError, ValueError, sqlite3.IntegrityError) as exc:
             raise ValueError(f"entry {entry!r}: cannot store {result}: {exc}") from exc
+
+
+def _check_entry(entry: object) -> None:
+    if not isinstance(entry, str) or not entry.strip():
+        raise ValueError(f"entry name must be a non-empty string, got {entry!r}")

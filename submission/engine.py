@@ -581,6 +581,7 @@ class Engine:
                 "tokens": self.prefixes.tokens,
                 "hits": self.prefixes.hits,
                 "reused_tokens": self.prefixes.reused_tokens,
+                "evictions": self.prefixes.evictions,
             },
         }
 

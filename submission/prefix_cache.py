@@ -47,6 +47,7 @@ class PrefixCache:
         self.pinned: set[tuple[int, ...]] = set()  # in use by the current intake: not evicted
         self.version = 0  # changes whenever entries come or go: earlier lookups are stale
         self.hits = 0
+        self.evictions = 0
         self.reused_tokens = 0
 
     def lookup(self, ids: np.ndarray) -> tuple[Entry | None, int]:
@@ -101,4 +102,5 @@ class PrefixCache:
             if self.tokens <= self.max_tokens:
                 return
             self.tokens -= len(self.entries.pop(key).ids)
+            self.evictions += 1
             self.version += 1

@@ -171,6 +171,63 @@ def test_database_path_follows_harness_db(tmp_path, monkeypatch):
     assert Store(tmp_path / "explicit.sqlite").path == tmp_path / "explicit.sqlite"
 
 
+def test_replace_scenario_replaces_only_that_scenarios_rows(tmp_path):
+    store = Store(tmp_path / "results.sqlite")
+    store.replace_entry("base", "local", quick(0.25, 0.1, 0.0))
+    store.replace_scenario("base", "local", "quick:mc", [Result("quick:mc", "Quick MC - EM", 0.5, 3, 1.0)], "again")
+    assert store.metrics("local") == {"base": {"Quick MC - EM": 0.5, "Quick QA - EM": 0.1, "Held-out - EM": 0.0}}
+    store.replace_scenario("new", "local", "quick:qa", [Result("quick:qa", "Quick QA - EM", 0.2, 3, 1.0)])
+    assert store.metrics("local")["new"] == {"Quick QA - EM": 0.2}
+    with pytest.raises(ValueError, match="not of scenario 'quick:qa'"):  # nothing of it is stored
+        store.replace_scenario("base", "local", "quick:qa", [Result("quick:qa", "Quick QA - EM", 0.9, 3, 1.0),
+                                                             Result("quick:mc", "Quick MC - EM", 0.9, 3, 1.0)])
+    assert store.metrics("local")["base"] == {"Quick MC - EM": 0.5, "Quick QA - EM": 0.1, "Held-out - EM": 0.0}
+
+
+# --- partial and interrupted runs keep the entry's other results --------------------------------------
+
+EARLIER = [Result("quick_mc", "Quick MC - EM", 0.125, 99, 9.0), Result("quick_qa", "Quick QA - EM", 0.25, 99, 9.0),
+           Result("held_out", "Held-out - EM", 0.375, 99, 9.0)]
+
+
+def stored(db: Path, entry: str) -> dict[str, tuple[str, float, int]]:
+    with sqlite3.connect(db) as conn:
+        found = conn.execute("SELECT metric, scenario, value, instances FROM results WHERE entry = ?", (entry,))
+        return {metric: (scenario, value, n) for metric, scenario, value, n in found}
+
+
+def test_a_run_of_some_scenarios_keeps_the_others(tmp_path, capsys):
+    from eval.__main__ import main as eval_cli
+    from tests.oracle_server import Oracle
+
+    db = tmp_path / "results.sqlite"
+    Store(db).replace_entry("tuned", "local", EARLIER)
+    with Oracle(tmp_path) as url:
+        assert eval_cli(["run", "--server", url, "--name", "tuned", "--scenarios", "quick_mc", "--limit", "1",
+                         "--db", str(db), "--out", str(tmp_path / "out")]) == 0
+    after = stored(db, "tuned")
+    assert after["Quick MC - EM"][2] == 3  # re-measured: 3 tasks, 1 instance each
+    assert after["Quick QA - EM"] == ("quick_qa", 0.25, 99) and after["Held-out - EM"] == ("held_out", 0.375, 99)
+
+
+def test_a_server_dying_after_the_first_scenario_keeps_it_and_the_earlier_results(tmp_path, capsys):
+    from eval.__main__ import main as eval_cli
+    from tests.oracle_server import Oracle
+
+    db = tmp_path / "results.sqlite"
+    Store(db).replace_entry("tuned", "local", EARLIER)
+    # quick_mc is 3 requests at --limit 1; the server exits on the 4th, in quick_qa.
+    with Oracle(tmp_path, die_after=3) as url:
+        code = eval_cli(["run", "--server", url, "--name", "tuned", "--scenarios", "quick_mc,quick_qa,held_out",
+                         "--limit", "1", "--db", str(db), "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert code == 1 and "error: scenario quick_qa" in printed
+    after = stored(db, "tuned")
+    assert after["Quick MC - EM"][2] == 3  # the scenario that finished is recorded
+    assert after["Quick QA - EM"] == ("quick_qa", 0.25, 99)  # the failed one keeps its earlier result
+    assert after["Held-out - EM"] == ("held_out", 0.375, 99)  # and so does the one never reached
+
+
 # --- the leaderboard command ----------------------------------------------------------------------
 
 @pytest.fixture
