@@ -1,13 +1,14 @@
 # The submission image, the competition's way: a CUDA PyTorch base, the project installed, the base
 # model and adapter fetched at build time, `uvicorn main:app` on port 80.
 #
+#   hf download mistralai/Mistral-7B-v0.1 --local-dir models/Mistral-7B-v0.1   # on the host, your token
 #   docker build -t entry --build-arg ADAPTER=./runs/mistral-7b-qlora-4090/adapter .
 #   docker run --gpus all -p 8080:80 entry
 #
 # Build arguments (docs/container.md): BASE_IMAGE, MODEL, ADAPTER and QUANT choose what is served;
 # PIP_INDEX_URL, PIP_FIND_LINKS and PIP_NO_INDEX choose where packages come from (scripts/container-check
-# serves wheels from the host with them: same file, offline). No token belongs here: a gated model is
-# downloaded on the host and named as a folder of the build context (MODEL=./models/<name>).
+# serves wheels from the host with them: same file, offline). No token is ever a build argument (those
+# stay in the image's history): a gated hub model's token comes as the BuildKit secret hf_token.
 ARG BASE_IMAGE=pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
@@ -23,12 +24,15 @@ RUN python /tmp/deps/requirements.py /tmp/deps/pyproject.toml > /tmp/deps/requir
     && rm -r /tmp/deps
 
 # Hub downloads next, before the sources: a code change does not download 15 GB again.
-# MODEL: a hub id (name@revision pins one), ./a/folder of the build context, or embedded:tiny-llama.
+# MODEL: ./a/folder of the build context, a hub id (name@revision pins one), or embedded:tiny-llama.
+# The default is a folder, so the default build needs no token: Mistral-7B is gated on the hub.
 # ADAPTER: the same forms, or empty for none (a `python -m train` run writes runs/<name>/adapter).
-ARG MODEL=mistralai/Mistral-7B-v0.1
+ARG MODEL=./models/Mistral-7B-v0.1
 ARG ADAPTER=
 COPY docker/fetch_model.py /usr/local/bin/fetch_model.py
-RUN python /usr/local/bin/fetch_model.py hub
+# A gated hub model: `docker build --secret id=hf_token,env=HF_TOKEN --build-arg MODEL=org/name ...`.
+# The secret is mounted for this step only (huggingface_hub reads HF_TOKEN_PATH), never in a layer.
+RUN --mount=type=secret,id=hf_token HF_TOKEN_PATH=/run/secrets/hf_token python /usr/local/bin/fetch_model.py hub
 
 WORKDIR /app
 COPY . .

@@ -2,7 +2,8 @@
 
 The Dockerfile's MODEL and ADAPTER build arguments arrive as environment variables. Each is one of
   org/name[@revision]   a Hugging Face hub repository, downloaded here (the running container
-                        never needs the network);
+                        never needs the network); a gated one with the token of the BuildKit
+                        secret hf_token, which huggingface_hub reads from HF_TOKEN_PATH;
   ./path                a folder of the build context (e.g. ./runs/<name>/adapter, or a gated
                         model downloaded on the host), used where it lies in /app;
   embedded:tiny-llama   the harness's tiny model, built here (base model only);
@@ -37,11 +38,20 @@ def kind_of(source: str) -> str:
 
 
 def download(source: str, dest: Path) -> None:
-    from huggingface_hub import list_repo_files, snapshot_download
+    from huggingface_hub import get_token, list_repo_files, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     repo_id, _, revision = source.partition("@")
     revision = revision or None
-    files = list_repo_files(repo_id, revision=revision)
+    try:
+        files = list_repo_files(repo_id, revision=revision)
+    except RepositoryNotFoundError as err:  # the hub's answer to a gated or private model, or a typo
+        sys.exit(f"fetch_model: the hub refused {source} ({type(err).__name__}: {str(err).splitlines()[0]})\n"
+                 + ("  the token of the hf_token secret was sent: has it been granted access to this model?"
+                    if get_token() else
+                    "  no token was sent: for a gated model, accept its licence on the hub, then build with\n"
+                    "  `docker build --secret id=hf_token,env=HF_TOKEN ...` (BuildKit), or download it on the\n"
+                    f"  host and build with MODEL=./models/{repo_id.split('/')[1]}"))
     ignore = UNUSED + (PICKLED if any(f.endswith(".safetensors") for f in files) else [])
     snapshot_download(repo_id, revision=revision, local_dir=dest, ignore_patterns=ignore)
     shutil.rmtree(dest / ".cache", ignore_errors=True)  # the hub client's bookkeeping, not the model
@@ -59,8 +69,9 @@ def place_local(source: str, dest: Path, what: str) -> None:
     else:
         folder = (Path.cwd() / source).resolve()
         if not folder.is_dir():
-            sys.exit(f"fetch_model: {what} {source!r} is not a folder of the build context "
-                     "(is it listed in .dockerignore's exceptions?)")
+            sys.exit(f"fetch_model: {what} {source!r} is not a folder of the build context (is it listed in "
+                     ".dockerignore's exceptions?); a base model is downloaded there on the host, e.g. "
+                     f"`hf download <org>/{folder.name} --local-dir {source}`")
         dest.symlink_to(folder)
         print(f"fetch_model: {source} -> {dest} (in place)", flush=True)
 

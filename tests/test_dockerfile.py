@@ -194,3 +194,77 @@ def test_training_image_default_command_passes_the_clis_own_checks(tmp_path):
     proc, _ = run_train(*instruction("Dockerfile.train", "CMD"), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "rtx4090-24gb" in proc.stdout
+
+
+# --- the base model without a token in the build ------------------------------------------------
+
+
+def build_arg_default(name: str) -> str:
+    return next(line.split("=", 1)[1] for line in (REPO / "Dockerfile").read_text().splitlines()
+                if line.startswith(f"ARG {name}="))
+
+
+def test_default_model_builds_without_a_token():
+    """The default MODEL is a folder of the build context (gated hub models answer 401 without a
+    token); the build says how to fill it when it is missing."""
+    sys.path.insert(0, str(REPO / "docker"))
+    try:
+        from fetch_model import kind_of
+    finally:
+        sys.path.pop(0)
+    default = build_arg_default("MODEL")
+    assert kind_of(default) == "context"
+
+
+def test_the_hub_token_is_a_buildkit_secret_of_the_download_step_only():
+    text = (REPO / "Dockerfile").read_text()
+    hub_step = next(line for line in text.splitlines() if line.startswith("RUN ") and "fetch_model.py hub" in line)
+    assert "--mount=type=secret,id=hf_token" in hub_step and "HF_TOKEN_PATH=/run/secrets/hf_token" in hub_step
+    instructions = [line for line in text.splitlines() if line.startswith(("ARG ", "ENV ")) or line.startswith("    ")]
+    assert not [line for line in instructions if "TOKEN" in line.upper()]  # build args and env stay in the image
+
+
+def test_missing_default_model_folder_names_the_download(tmp_path):
+    result = fetch("local", tmp_path, tmp_path / "models", build_arg_default("MODEL"))
+    assert result.returncode != 0
+    assert "hf download <org>/Mistral-7B-v0.1 --local-dir ./models/Mistral-7B-v0.1" in result.stderr
+
+
+class GatedHub(BaseHTTPRequestHandler):
+    """The hub's answer to an anonymous or unauthorised request for a gated model."""
+
+    tokens: list[str | None] = []
+
+    def do_GET(self):  # the name http.server calls
+        GatedHub.tokens.append(self.headers.get("Authorization"))
+        self.send_response(401)
+        self.send_header("X-Error-Code", "GatedRepo")
+        self.send_header("X-Error-Message", "Access to model org/gated is restricted. You must have access to it.")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_gated_model_download_takes_the_token_from_the_secret_file(tmp_path):
+    """fetch_model against a hub that gates the model: without the secret it explains the BuildKit
+    secret; with it, huggingface_hub sends the secret file's token (HF_TOKEN_PATH, as the Dockerfile sets)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), GatedHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HOME=str(tmp_path / "hf"),
+               MODELS_DIR=str(tmp_path / "models"), MODEL="org/gated", HF_TOKEN_PATH=str(tmp_path / "secret"))
+    run = [sys.executable, str(REPO / "docker" / "fetch_model.py"), "hub"]
+    try:
+        anonymous = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=False)
+        (tmp_path / "secret").write_text("hf_secretfromthebuild\n")
+        with_token = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        server.shutdown()
+    assert anonymous.returncode != 0 and "docker build --secret id=hf_token,env=HF_TOKEN" in anonymous.stderr
+    assert "GatedRepoError" in anonymous.stderr
+    assert with_token.returncode != 0 and "token of the hf_token secret was sent" in with_token.stderr
+    assert GatedHub.tokens[0] is None and GatedHub.tokens[-1] == "Bearer hf_secretfromthebuild"
