@@ -15,6 +15,10 @@ Outputs, under --out (default tests/fixtures/helm/perturb/):
 - perturbed.jsonl: every instance HELM's data augmenter emits for the run expander's `canonical` set
   (the original, then each perturbed copy whose input changed), with its id, perturbation, input and
   references;
+- prompts/<case>.json: for each scenario the judges ran with `data_augmentation=canonical` (MMLU,
+  TruthfulQA, the five ETHICS scenarios), the requests the fork builds from the prompts golden's data sets
+  and cases (scripts/helm/prompts_golden.py, reused) once its DataPreprocessor has added the copies: each
+  with its instance id, perturbation, prompt and references;
 - oracle.json: the completions an oracle server gives (the right letter, except for a chosen few copies
   and originals), each copy's exact match as HELM's BasicMetric scores a multiple-choice-joint answer
   (letter -> reference text through the output mapping, then `exact_match`), and the run's EM,
@@ -70,6 +74,53 @@ def helm_instances(rows: list[dict]):
         )
         for n, row in enumerate(rows)
     ]
+
+
+COPIED_CASES = ("mmlu_anatomy", "truthful_qa", "ethics_justice", "ethics_commonsense", "ethics_deontology",
+                "ethics_virtue", "ethics_utilitarianism")
+
+
+def perturbed_prompts(work: Path) -> dict[str, list[dict]]:
+    """The prompts golden's cases run with the canonical copies: the fork's DataPreprocessor (with the
+    spec its data_augmentation run expander builds) between instance selection and adaptation, as in the
+    fork's runner."""
+    sys.path.insert(0, str(REPO / "scripts" / "helm"))
+    import prompts_golden
+    from helm.benchmark.data_preprocessor import DataPreprocessor
+    from helm.benchmark.run_expander import DataAugmentationRunExpander
+    from helm.benchmark.run_specs import get_mmlu_spec
+    from helm.benchmark.scenarios.scenario import TRAIN_SPLIT
+
+    augmenter_spec = DataAugmentationRunExpander("canonical").expand(get_mmlu_spec("anatomy"))[0].data_augmenter_spec
+    evaluated: list = []
+    make_adapter = prompts_golden.make_adapter
+
+    def augmenting_adapter(adapter_spec):
+        adapter = make_adapter(adapter_spec)
+        select = adapter.get_run_instances
+
+        def run_instances(instances):
+            augmented = DataPreprocessor(augmenter_spec).preprocess(select(instances))
+            evaluated[:] = [i for i in augmented if i.split != TRAIN_SPLIT]
+            return augmented
+
+        adapter.get_run_instances = run_instances
+        return adapter
+
+    prompts_golden.make_adapter = augmenting_adapter
+    out = {}
+    for case in (c for c in prompts_golden.CASES if c.name in COPIED_CASES):
+        place_word_lists(work / case.name)  # the fork reads its downloads relative to its working folder
+        requests = prompts_golden.run_case(case, REPO / "tests" / "fixtures" / "helm" / "data", work / case.name)
+        assert len(requests) == len(evaluated), case.name  # multiple_choice_joint: one request per instance
+        out[case.name] = [
+            {"instance_id": inst.id, "perturbation": inst.perturbation.name if inst.perturbation else None,
+             "prompt": request["prompt"], "references": request["references"]}
+            for inst, request in zip(evaluated, requests)
+            if request["instance_id"] == inst.id
+        ]
+        assert len(out[case.name]) == len(requests), case.name
+    return out
 
 
 def augment(instances):
@@ -131,6 +182,7 @@ def main() -> None:
 
         misspelling.__file__ = str(module_dir / "misspelling_perturbation.py")
         augmented = augment(helm_instances(rows))
+        prompts = perturbed_prompts(work / "cases")
 
     records = []
     for inst in augmented:
@@ -148,6 +200,10 @@ def main() -> None:
                      for r in records)
     (args.out / "oracle.json").write_text(json.dumps({"requests": records, "metrics": metrics}, indent=1) + "\n",
                                           encoding="utf-8")
+    (args.out / "prompts").mkdir(exist_ok=True)
+    for name, requests in prompts.items():
+        (args.out / "prompts" / f"{name}.json").write_text(json.dumps(requests, indent=1) + "\n", encoding="utf-8")
+        print(f"{name}: {len(requests)} requests")
     print(f"{len(rows)} instances -> {len(records)} requests; {metrics}")
 
 
