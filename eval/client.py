@@ -7,12 +7,18 @@ tokenizer (POST /tokenize): when prompt + max_new_tokens exceeds the context win
 examples are dropped from the end, and as a last resort the prompt is cut (/tokenize with truncation,
 then /decode). The completion is returned as the server sent it: the judges' client never cut it at a
 stop sequence, so neither does this one. Requests run on `concurrency` threads (30, like the judges).
+
+Several servers of the same entry (`base_url` "URL1,URL2,..."; "|" also separates, for lm-eval's
+model_args string, which splits on commas) share one queue of requests, each with its own `concurrency`
+threads, so a faster server takes more of them. Greedy answers do not depend on which server answered.
 """
 from __future__ import annotations
 
 import json
+import queue
+import re
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
@@ -132,12 +138,27 @@ class Server:
     def generate(self, call: Call) -> str:
         prompt = self.fit(call)
         body = process_body(prompt, call.max_new_tokens, call.temperature, call.stop)
-        return check_process(self.post("/process", body, call.where()), f"{call.where()}: POST /process")
+        return check_process(self.post("/process", body, call.where()), f"{call.where()}: POST {self.base_url}/process")
+
+
+def server_urls(base_url: str | list[str] | tuple[str, ...]) -> list[str]:
+    """The servers named by `base_url`: one URL, or several separated by commas or "|"."""
+    parts = base_url if isinstance(base_url, (list, tuple)) else re.split(r"[,|]", base_url)
+    urls = [u.strip() for u in parts if u.strip()]
+    if not urls:
+        raise ValueError(f"base_url names no server: {base_url!r}")
+    for u in urls:
+        if not re.match(r"https?://[^/\s]+", u):
+            raise ValueError(f"base_url: {u!r} is not an http(s) URL")
+    if len(set(urls)) < len(urls):
+        raise ValueError(f"base_url names a server twice: {base_url!r}")
+    return urls
 
 
 @register_model("challenge-api")
 class ChallengeAPI(LM):
-    """lm-eval model arguments: base_url (required), concurrency (30), timeout_s (3000)."""
+    """lm-eval model arguments: base_url (required; several servers separated by "," or "|"), concurrency
+    (30 per server), timeout_s (3000)."""
 
     def __init__(self, base_url: str, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = DEFAULT_TIMEOUT_S,
                  progress: bool = True, **_lm_eval_extras):
@@ -146,28 +167,63 @@ class ChallengeAPI(LM):
         if int(concurrency) < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency = int(concurrency)
-        self.server = Server(base_url, float(timeout_s), self.concurrency)
+        self.servers = [Server(u, float(timeout_s), self.concurrency) for u in server_urls(base_url)]
         self.progress = progress
         self.seconds = 0.0  # wall time spent generating, summed over calls
+        self.answered: dict[str, int] = {s.base_url: 0 for s in self.servers}  # requests each server answered
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         calls = [self._call(i, r) for i, r in enumerate(requests)]
+        where = ", ".join(s.base_url for s in self.servers)
+        bar = tqdm(total=len(calls), desc=f"requests to {where}", disable=disable_tqdm or not self.progress)
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            bar = tqdm(total=len(calls), desc=f"requests to {self.server.base_url}",
-                       disable=disable_tqdm or not self.progress)
-            futures = [pool.submit(self.server.generate, c) for c in calls]
-            results = []
-            try:
-                for future in futures:
-                    results.append(future.result())
-                    bar.update(1)
-            finally:
-                for future in futures:
-                    future.cancel()
-                bar.close()
-        self.seconds += time.perf_counter() - start
+        try:
+            results = self._spread(calls, bar)
+        finally:
+            bar.close()
+            self.seconds += time.perf_counter() - start
         return results
+
+    def _spread(self, calls: list[Call], bar) -> list[str]:
+        """Every server's threads take requests from one queue until it is empty or a request fails; the
+        earliest failed request (in request order) is raised."""
+        pending: queue.SimpleQueue[Call] = queue.SimpleQueue()
+        for call in calls:
+            pending.put(call)
+        results: list[str | None] = [None] * len(calls)
+        failures: dict[int, BaseException] = {}
+        stop = threading.Event()
+        lock = threading.Lock()
+
+        def work(server: Server) -> None:
+            while not stop.is_set():
+                try:
+                    call = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[call.index] = server.generate(call)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+                    with lock:
+                        failures[call.index] = exc
+                    stop.set()
+                    return
+                with lock:
+                    self.answered[server.base_url] += 1
+                    bar.update(1)
+
+        threads = [threading.Thread(target=work, args=(server,), daemon=True)
+                   for server in self.servers for _ in range(min(self.concurrency, len(calls)))]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        finally:
+            stop.set()  # Ctrl-C: no thread takes another request
+        if failures:
+            raise failures[min(failures)]
+        return results  # type: ignore[return-value]  # every slot is filled when nothing failed
 
     @staticmethod
     def _call(index: int, request) -> Call:
