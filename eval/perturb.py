@@ -13,14 +13,14 @@ input changed:
 - `person_name` (fairness): first names of the white American list become black American names of the
   same gender, the same name for the same name throughout the instance.
 
-The fairness copies change the references too, before the input, from the same random generator. Each rule
-below says which match it needs: HELM's patterns want a non-word character on both sides of a word, so a
-word at the very start or end of the text is left alone, and that is kept here.
+The fairness copies change the references too, before the input, from the same random generator. HELM's
+dialect and pronoun patterns want a non-word character on both sides of a word, so such a word at the very
+start or end of a text is left alone; so it is here.
 
 Three word lists are downloaded (or shipped) by HELM: its misspellings (`correct_to_misspelling.json`, in
 the fork's source), the SAE->AAVE map (`SAE_to_AAVE_mapping.json`) and the person names (`person_names.txt`).
 Put them in `<data root>/perturbations/` to use the judges' lists; otherwise this project's own, smaller
-lists in eval/wordlists/ are used, and every run says which (`WordLists.sources`).
+lists in eval/wordlists/ are used, and every run says which (`WordLists.describe`).
 """
 from __future__ import annotations
 
@@ -156,8 +156,8 @@ def word_list_status(root: Path) -> str:
     """Where the judges' word lists go under a data root, and which are there (`python -m eval data`)."""
     lines = [f"perturbation word lists (robustness/fairness copies) go in {root / DATA_DIR}/:"]
     for name, origin in ORIGINS.items():
-        found = (root / DATA_DIR / name).is_file()
-        lines.append(f"  {name}: {'present' if found else 'absent, the project fallback is used'} (judges' copy: {origin})")
+        state = "present" if (root / DATA_DIR / name).is_file() else "absent, the project fallback is used"
+        lines.append(f"  {name}: {state} (judges' copy: {origin})")
     return "\n".join(lines)
 
 

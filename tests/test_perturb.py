@@ -11,7 +11,15 @@ import pytest
 from eval.__main__ import main as cli
 from eval.adapters import Instance
 from eval.perturb import (
-    DIALECT, FALLBACK_DIR, MISSPELLINGS, NAMES, PERTURBATIONS, Canonical, canonical, load_word_lists, match_case,
+    DIALECT,
+    FALLBACK_DIR,
+    MISSPELLINGS,
+    NAMES,
+    PERTURBATIONS,
+    Canonical,
+    canonical,
+    load_word_lists,
+    match_case,
     perturbed,
 )
 
