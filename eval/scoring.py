@@ -75,6 +75,8 @@ class Ranking:
     groups: dict[str, float]  # group -> mean win rate
     stages: dict[str, float]  # stage -> geometric mean of its groups' mean win rates
     final: float
+    values: dict[str, float | None]  # each metric of the suite -> the entry's value (None: missing)
+    win_rates: dict[str, float]  # each metric of the suite -> the entry's win rate on it
 
 
 def groups(suite: str) -> dict[str, list[tuple[str, bool]]]:
@@ -120,10 +122,12 @@ def rank(metrics: Mapping[str, Mapping[str, float | None]], suite: str = "compet
     if not metrics:
         raise ValueError("nothing to rank: no entries")
     group_means: dict[str, dict[str, float]] = {entry: {} for entry in metrics}
+    metric_rates: dict[str, dict[str, float]] = {entry: {} for entry in metrics}
     for group, group_metrics in groups(suite).items():
-        per_metric = [win_rates(_filled(metrics, name, higher), higher) for name, higher in group_metrics]
+        per_metric = {name: win_rates(_filled(metrics, name, higher), higher) for name, higher in group_metrics}
         for entry in metrics:
-            group_means[entry][group] = sum(rates[entry] for rates in per_metric) / len(per_metric)
+            group_means[entry][group] = sum(rates[entry] for rates in per_metric.values()) / len(per_metric)
+            metric_rates[entry].update({name: rates[entry] for name, rates in per_metric.items()})
     rankings = []
     for entry, means in group_means.items():
         stages = {
@@ -131,7 +135,8 @@ def rank(metrics: Mapping[str, Mapping[str, float | None]], suite: str = "compet
             for stage, stage_groups in _stages(suite).items()
         }
         final = sum(STAGE_WEIGHTS[suite][stage] * score for stage, score in stages.items())
-        rankings.append(Ranking(entry, means, stages, final))
+        values = {name: metrics[entry].get(name) for name in metric_rates[entry]}
+        rankings.append(Ranking(entry, means, stages, final, values, metric_rates[entry]))
     return sorted(rankings, key=lambda r: (-r.final, r.entry))
 
 

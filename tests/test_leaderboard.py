@@ -262,6 +262,48 @@ def test_leaderboard_table_writes_markdown_csv_and_png(local_db, tmp_path, capsy
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 300
 
 
+def test_leaderboard_shows_each_entrys_metric_values_beside_the_win_rates(local_db, tmp_path, capsys):
+    # "other" has no held-out value: shown as "-" (empty in the CSV, null in the JSON), ranked as 0.0.
+    Store(local_db).replace_entry("other", "local", quick(0.75, 0.3, 0.1)[:2])
+    out = tmp_path / "board"
+    assert call(leaderboard, "--db", local_db, "--suite", "quick", "--out", out) == 0
+    printed = capsys.readouterr().out
+    held_out = printed.split("\nHeld-out\n")[1].splitlines()
+    assert held_out[0].split() == ["rank", "entry", "mean", "win", "rate", "EM"]
+    # N = 3 on held-out: tuned 0.3 beats both (2/3); base's 0.0 and other's missing (0.0) tie: 1/2 / 3 = 1/6.
+    assert {line.split()[1]: line.split()[2:] for line in held_out[2:5]} == {
+        "tuned": ["0.667", "0.300"], "base": ["0.167", "0.000"], "other": ["0.167", "-"]}
+    quick_mc = printed.split("\nQuick MC\n")[1].splitlines()
+    assert [line.split()[1:] for line in quick_mc[2:5]] == [["other", "0.667", "0.750"], ["tuned", "0.333", "0.500"],
+                                                            ["base", "0.000", "0.250"]]
+
+    with open(out / "leaderboard.csv", newline="") as f:
+        rows = {row["entry"]: row for row in csv.DictReader(f)}
+    assert rows["tuned"]["Held-out - EM"] == "0.3" and rows["other"]["Held-out - EM"] == ""
+    assert float(rows["other"]["Quick MC - EM"]) == 0.75 and float(rows["other"]["Held-out"]) == pytest.approx(1 / 6)
+    markdown = (out / "leaderboard.md").read_text()
+    assert "### Held-out\n\n| rank | entry | mean win rate | EM |" in markdown
+    assert "| 1 | other | 0.667 | 0.750 |" in markdown and "| other | 0.167 | - |" in markdown
+
+    capsys.readouterr()
+    assert call(leaderboard, "--db", local_db, "--suite", "quick", "--format", "json") == 0
+    records = {r["entry"]: r for r in json.loads(capsys.readouterr().out)}
+    assert records["other"]["metrics"] == {"Quick MC - EM": 0.75, "Quick QA - EM": 0.3, "Held-out - EM": None}
+
+
+def test_chart_labels_every_entry_by_name(local_db, tmp_path, capsys, monkeypatch):
+    from eval import report
+
+    labelled: list[list[str]] = []
+    original = report._heat_map
+    monkeypatch.setattr(report, "_heat_map", lambda ax, *a: (original(ax, *a), labelled.append(
+        [t.get_text() for t in ax.get_yticklabels()])))
+    assert call(leaderboard, "--db", local_db, "--suite", "quick", "--out", tmp_path / "board") == 0
+    assert labelled[0] == ["other", "tuned", "base"]  # rank order, by name
+    image = matplotlib.image.imread(tmp_path / "board" / "leaderboard.png")
+    assert image.ndim == 3 and image.shape[1] > image.shape[0] > 200
+
+
 def test_leaderboard_pool_fixes_the_entries_ranked_together(local_db, tmp_path, capsys):
     pool_file = tmp_path / "pool.txt"
     pool_file.write_text("# references\nbase\n")
@@ -309,7 +351,9 @@ def test_cli_import_then_leaderboard_json(tmp_path):
     records = json.loads(board.stdout)  # stdout holds the JSON and nothing else
     theirs = dict(published())
     assert [r["rank"] for r in records] == list(range(1, 10))
-    assert set(records[0]) == {"rank", "entry", "groups", "open", "hidden", "final"}
+    assert set(records[0]) == {"rank", "entry", "groups", "open", "hidden", "final", "metrics"}
+    assert records[0]["metrics"] == {name: theirs[records[0]["entry"]].get(name) for name in records[0]["metrics"]}
+    assert len(records[0]["metrics"]) == 31
     for r in records:
         assert math.isclose(r["final"], theirs[r["entry"]]["Score_full"], abs_tol=0.02)
     assert not (tmp_path / "runs" / "leaderboard" / "leaderboard.md").exists()  # json writes no files unasked
