@@ -14,6 +14,11 @@ refuses new requests (the server answers 503), a caller that gave up (its future
 is dropped before it costs anything, and an exception in the worker fails the requests it held
 while the worker goes on; should the worker thread end anyway, the engine says so (`alive`) and
 refuses new requests instead of queueing them forever.
+
+Memory is bounded in bytes (memory.py): the batch in tokens (rows x the columns they may reach),
+the prefix cache and each prompt pass are sized at start from the device's free memory. Should
+the device still run out, the engine sheds the prefix cache, lowers the batch bound and computes
+the requests in hand again from their prompts, instead of failing them all.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ from submission.api import ProcessRequest
 from submission.attention import additive_mask
 from submission.batch_kv import KV, SPARE, SpareLayer, assemble, cache_of, capacity, kv_of, place_rows
 from submission.decoding import Completion, Detokenizer, Sampler, TokenTexts, decode
+from submission.memory import MAX_PREFILL_TOKENS, free_bytes, plan
 from submission.prefix_cache import Entry, PrefixCache, common_prefix
 from submission.settings import Settings
 
 log = logging.getLogger("submission.engine")
-MAX_PREFILL_TOKENS = 8192  # rows x padded width of one prompt forward pass, to bound memory
+SHED = 0.75  # after running out of memory, the batch bound becomes this share of what was in use
 
 
 class InvalidRequest(ValueError):
@@ -70,6 +76,7 @@ RETRY_AFTER_S = 1  # a full queue drains in about a decoding step per waiting re
 
 @dataclass(eq=False)
 class Job:
+    request: ProcessRequest
     ids: list[int]  # prompt token ids
     max_new_tokens: int  # already capped to the room the context leaves
     sampler: Sampler
@@ -84,6 +91,11 @@ class Job:
     generated: int = 0
     length: int = 0  # this row's tokens whose states are in the batch cache
     last: int = -1  # the token to feed at the next step
+
+    @property
+    def extent(self) -> int:
+        """The columns this request's row may reach."""
+        return len(self.ids) + self.max_new_tokens
 
 
 # A prompt to compute (a request, or bare ids), the cached prefix it extends, and that prefix's length.
@@ -106,7 +118,11 @@ class Engine:
         # request threads.
         tokenizer.split_special_tokens = True
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.prefixes = PrefixCache(settings.prefix_cache_tokens)
+        self.memory = plan(free_bytes(self.device), model.config, self.dtype, settings, self.context)
+        log.info("memory plan: %s", self.memory.describe())
+        self.batch_tokens = self.memory.batch_tokens  # lowered after running out of memory
+        self.out_of_memory = 0  # times the engine shed memory and computed its requests again
+        self.prefixes = PrefixCache(self.memory.prefix_cache_tokens)
         self.texts = TokenTexts(tokenizer)
         self.queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.rows: list[Job] = []  # requests being decoded (or just finished); row i of the batch cache
@@ -168,17 +184,7 @@ class Engine:
             raise InvalidRequest(
                 "prompt", f"the prompt is {len(ids)} tokens; the context holds {self.context}"
             )
-        stops = [s for s in request.stop_sequences or [] if s]
-        job = Job(
-            ids=ids,
-            # Documented truncation: generation ends where the context does.
-            max_new_tokens=min(request.max_new_tokens, self.context - len(ids)),
-            sampler=Sampler(request.temperature, request.top_k, request.top_p, request.seed),
-            top_k_per_token=request.top_k_per_token,
-            echo=bool(request.echo_prompt),
-            completion=Completion(Detokenizer(self.tokenizer, ids), stops),
-            deadline=time.monotonic() + self.settings.request_timeout_s,
-        )
+        job = self._job(request, ids, deadline=time.monotonic() + self.settings.request_timeout_s)
         if job.max_new_tokens == 0 and not job.echo:
             job.future.set_result(self._result(job))
             return job.future
@@ -193,6 +199,21 @@ class Engine:
                 )
             self.queue.put(job)
         return job.future
+
+    def _job(self, request: ProcessRequest, ids: list[int], deadline: float) -> Job:
+        return Job(
+            request=request,
+            ids=ids,
+            # Documented truncation: generation ends where the context does.
+            max_new_tokens=min(request.max_new_tokens, self.context - len(ids)),
+            sampler=Sampler(request.temperature, request.top_k, request.top_p, request.seed),
+            top_k_per_token=request.top_k_per_token,
+            echo=bool(request.echo_prompt),
+            completion=Completion(
+                Detokenizer(self.tokenizer, ids), [s for s in request.stop_sequences or [] if s]
+            ),
+            deadline=deadline,
+        )
 
     def close(self) -> None:
         self.queue.put(None)
@@ -235,6 +256,8 @@ class Engine:
                 self._step()
             self.timing["prompt_s"] += middle - begin
             self.timing["decode_s"] += time.perf_counter() - middle
+        except torch.OutOfMemoryError as error:
+            self._shed(error)
         except Exception as error:
             log.exception("engine step failed")
             for job in self.admitting + self.rows + list(self.waiting):
@@ -245,6 +268,34 @@ class Engine:
         finally:
             self.admitting = []
         return True
+
+    def _shed(self, error: torch.OutOfMemoryError) -> None:
+        """Out of device memory: drop the prefix cache and the batch, lower the batch bound to
+        SHED of what was in use, and queue the requests in hand again, first, from their prompts
+        (a greedy or seeded answer comes out the same). A lone request that no longer fits fails."""
+        jobs = [job for job in self.admitting + self.rows if not job.future.done()]
+        in_use = len(jobs) * (max(job.extent for job in jobs) + SPARE) if jobs else self.batch_tokens
+        self._set_batch([], [])
+        self.prefixes.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(jobs) <= 1 and self.batch_tokens <= self.context:
+            log.error("out of memory with one request in hand; failing it")
+            for job in jobs:
+                fail(job, error)
+            return
+        self.batch_tokens = max(self.context, int(SHED * min(self.batch_tokens, in_use)))
+        self.out_of_memory += 1
+        log.warning(
+            "out of memory with %d requests in hand: prefix cache dropped, batch bound now %d tokens;"
+            " computing them again",
+            len(jobs),
+            self.batch_tokens,
+        )
+        for job in reversed(jobs):
+            again = self._job(job.request, job.ids, job.deadline)
+            again.future, again.uncached = job.future, len(job.ids)  # the cache is empty
+            self.waiting.appendleft(again)
 
     def _expire(self) -> None:
         """Fail the requests past their deadline, waiting or running (a running one's row is
@@ -295,14 +346,20 @@ class Engine:
                 return None
             self._arrive(job)
         self._expire()
-        room = self.settings.max_batch - len(self._running())
+        running = [self.rows[i] for i in self._running()]
+        room = self.settings.max_batch - len(running)
         budget = self.settings.prefill_budget if self.rows else float("inf")
+        extent = max((job.extent for job in running), default=0)
         while self.waiting and len(self.admitting) < room:
             job = self.waiting[0]
             if self.admitting and job.uncached > budget:
                 break
+            rows, extent = len(running) + len(self.admitting) + 1, max(extent, job.extent)
+            if rows > 1 and rows * (extent + SPARE) > self.batch_tokens:
+                break  # the batch's memory bound: it waits for rows to finish
             self.waiting.popleft()
-            if job.future.set_running_or_notify_cancel():  # False: its caller gave up
+            # A request queued again after running out of memory is running already.
+            if job.future.running() or job.future.set_running_or_notify_cancel():  # False: cancelled
                 budget -= job.uncached
                 self.admitting.append(job)
         self.last_intake = len(self.admitting)
@@ -344,7 +401,10 @@ class Engine:
             own = len(row[0].ids) - row[2]
             if chunks:
                 first = len(chunks[-1][0][0].ids) - chunks[-1][0][2]
-                if (len(chunks[-1]) + 1) * own <= MAX_PREFILL_TOKENS and own <= 2 * first + 16:
+                rows = len(chunks[-1]) + 1
+                states = rows * (max(row[2], *(r[2] for r in chunks[-1])) + own)  # cached + new columns
+                fits = rows * own <= MAX_PREFILL_TOKENS and states <= self.memory.prefill_tokens
+                if fits and own <= 2 * first + 16:
                     chunks[-1].append(row)
                     continue
             chunks.append([row])
@@ -554,7 +614,9 @@ class Engine:
         self.rows = rows
         if rows:
             # Spare rows for requests to join in place; bounded, as they cost memory and copying.
+            width = max(mask.shape[1] for _, mask, _ in parts) + SPARE
             spare_rows = min(self.settings.max_batch, max(2 * len(rows), len(rows) + 4))
+            spare_rows = max(len(rows), min(spare_rows, self.batch_tokens // width))
             self.cache, self.mask = assemble(parts, rows_capacity=spare_rows)
         else:
             self.cache, self.mask = DynamicCache(), self.mask[:0, :0]
@@ -582,6 +644,12 @@ class Engine:
                 "hits": self.prefixes.hits,
                 "reused_tokens": self.prefixes.reused_tokens,
                 "evictions": self.prefixes.evictions,
+            },
+            "memory": {
+                "kv_bytes_per_token": self.memory.kv_bytes_per_token,
+                "prefix_cache_tokens": self.memory.prefix_cache_tokens,
+                "batch_tokens": self.batch_tokens,
+                "out_of_memory": self.out_of_memory,
             },
         }
 

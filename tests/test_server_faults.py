@@ -234,7 +234,7 @@ def test_a_body_in_many_small_chunks_is_read_in_linear_time():
     response = asyncio.run(limit_body(Request(scope, receive), call_next))
     elapsed = time.perf_counter() - begin
     assert response.body == str(64 * 32768).encode()
-    assert elapsed < 1.5, elapsed
+    assert elapsed < 4, elapsed  # about 0.1 s; the quadratic join took 16-19 s here
 
 
 # ---- the same limits over HTTP: a real uvicorn server with small bounds ------------------------
