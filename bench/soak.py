@@ -1,14 +1,15 @@
 """Soak test of the submission server: many requests from 30 clients against a small prefix cache.
 
 Starts `python -m submission` on 127.0.0.1 (the embedded tiny model unless --model) with a prefix
-cache far smaller than the prompts' distinct prefixes, so entries are evicted all the time. The
+cache a third the size of the prompts' distinct prefixes (8192 of about 25000 tokens on the tiny
+model), so entries are evicted all the time. The
 requests are few-shot prompts over at least 60 distinct prefixes (8 tasks x 1-8 worked examples,
 each example with a short passage: about 60 to 1000 tokens) and a mix of 1-token answers with
 top-5 log-probabilities, 64-token answers cut at a "\\n" stop sequence, 256-token generations and
 echoed prompts (log-probabilities of the prompt, no generation), all greedy. The run is bounded
 by a request count and a time limit, whichever comes first.
 
-    python bench/soak.py [--requests 3000] [--clients 30] [--max-seconds 900] [--prefix-cache-tokens 4096]
+    python bench/soak.py [--requests 2000] [--clients 30] [--max-seconds 1500] [--prefix-cache-tokens 8192]
 
 It prints the errors (non-200 answers, by status), p50/p99 latency, the server's resident memory
 after the warm-up pass and at the end, and the check: every answer of the soak equal (token texts)
@@ -145,11 +146,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default=EMBEDDED_ID)
-    parser.add_argument("--requests", type=int, default=3000, help="requests of the soak (after the warm-up)")
-    parser.add_argument("--per-prefix", type=int, default=6, help="distinct questions per prefix")
+    parser.add_argument("--requests", type=int, default=2000, help="requests of the soak (after the warm-up)")
+    parser.add_argument("--per-prefix", type=int, default=3, help="distinct questions per prefix")
     parser.add_argument("--clients", type=int, default=30)
-    parser.add_argument("--max-seconds", type=float, default=900, help="the soak stops sending after this")
-    parser.add_argument("--prefix-cache-tokens", type=int, default=4096)
+    parser.add_argument("--max-seconds", type=float, default=1500, help="the soak stops sending after this")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--port", type=int, default=8610)
     parser.add_argument("--seed", type=int, default=0)
