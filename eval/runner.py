@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenarios", metavar="A,B", help="only these scenarios of the suite")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N instances per lm-eval task")
     parser.add_argument("--budget", action="append", default=[], metavar="SCENARIO=N",
-                        help="evaluation instances of a scenario over all its tasks (default: the judges')")
+                        help="evaluation instances of a scenario over all its tasks (default: the judges' "
+                             "per-run budgets)")
     parser.add_argument("--concurrency", type=int, default=30, help="concurrent requests to --server (30)")
     parser.add_argument("--batch-size", type=int, default=8, help="generation batch size for --model")
     parser.add_argument("--db", metavar="PATH", help="results database (default $HARNESS_DB or runs/leaderboard.sqlite)")
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", help="scenario data root (default $HARNESS_CACHE/eval-data)")
 
 
-def select(args: argparse.Namespace) -> tuple[list[Scenario], dict[str, int]]:
+def select(args: argparse.Namespace) -> tuple[list[Scenario], dict[str, int | None]]:
     chosen = suite(args.suite)
     if args.scenarios:
         wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -50,7 +51,7 @@ def select(args: argparse.Namespace) -> tuple[list[Scenario], dict[str, int]]:
         if unknown:
             raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
         chosen = [SCENARIOS[w] for w in wanted]
-    budgets = {s.name: s.budget for s in chosen}
+    budgets: dict[str, int | None] = {s.name: None for s in chosen}  # None: the judges' per-run budgets
     for item in args.budget:
         name, _, count = item.partition("=")
         if name not in budgets or not count.isdigit() or int(count) < 1:
@@ -118,15 +119,27 @@ def write_output(output: dict, out: Path, scenario: str) -> Path:
     return path
 
 
-def run_scenario(lm, scenario: Scenario, budget: int, data: Path, out: Path, limit: int | None):
-    specs = [s for s in scenario.build(data, budget) if s.test]
-    if not specs:
-        raise MissingData(f"{scenario.name}: no evaluation instances")
+def build_all(scenarios: list[Scenario], budgets: dict[str, int | None], data: Path) -> dict[str, list[TaskSpec] | str]:
+    """Every scenario's tasks (or why it has no data), all read before anything runs: a data file in the
+    wrong format stops the run here (sources.DataError), before any request and with nothing recorded."""
+    built: dict[str, list[TaskSpec] | str] = {}
+    for scenario in scenarios:
+        try:
+            specs = [s for s in scenario.build(data, budgets[scenario.name]) if s.test]
+            built[scenario.name] = specs or f"{scenario.name}: no evaluation instances"
+        except MissingData as exc:
+            built[scenario.name] = str(exc)
+    return built
+
+
+def run_scenario(lm, name: str, specs: list[TaskSpec], out: Path, limit: int | None):
+    for source in sorted({s.source for s in specs if s.source}):
+        print(f"  data: {source}", flush=True)
     start = time.perf_counter()
-    output = evaluate(lm, specs, out / "tasks" / scenario.name, limit)
+    output = evaluate(lm, specs, out / "tasks" / name, limit)
     seconds = time.perf_counter() - start
-    results = helm_metrics(scenario.name, specs, output, seconds)
-    path = write_output(output, out, scenario.name)
+    results = helm_metrics(name, specs, output, seconds)
+    path = write_output(output, out, name)
     return results, path
 
 
@@ -150,6 +163,11 @@ def main(args: argparse.Namespace) -> int:
     data = Path(args.data) if args.data else cache_root() / "eval-data"
     out = Path(args.out) if args.out else Path("runs") / "eval" / args.name
     try:
+        built = build_all(scenarios, budgets, data)
+    except ValueError as exc:  # sources.DataError: the file, line and field
+        print(f"error: {exc}")
+        return 2
+    try:
         lm = make_model(args)
     except (OSError, ValueError) as exc:
         print(f"error: cannot load the target: {exc}")
@@ -158,13 +176,14 @@ def main(args: argparse.Namespace) -> int:
     finished, skipped, failed = [], [], None
     try:
         for i, scenario in enumerate(scenarios, 1):
-            print(f"[{i}/{len(scenarios)}] {scenario.name} (budget {budgets[scenario.name]} instances)", flush=True)
-            try:
-                results, path = run_scenario(lm, scenario, budgets[scenario.name], data, out, args.limit)
-            except MissingData as exc:
+            budget = budgets[scenario.name] or scenario.budget
+            print(f"[{i}/{len(scenarios)}] {scenario.name} (budget {budget} instances)", flush=True)
+            specs = built[scenario.name]
+            if isinstance(specs, str):
                 skipped.append(scenario.name)
-                print(f"  skipped: {exc}", flush=True)
+                print(f"  skipped: {specs}", flush=True)
                 continue
+            results, path = run_scenario(lm, scenario.name, specs, out, args.limit)
             store.replace_scenario(args.name, track, scenario.name, results, source=args.server or args.model)
             finished.extend(results)
             for r in results:
@@ -176,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"recorded {len(finished)} metrics of {args.name!r} (track {track}) in {store.path}")
     if skipped:
         print(f"skipped for lack of data: {', '.join(skipped)} (BIG-bench and BBQ: `python -m eval data`; "
-              "others: local JSONL or `python -m eval data --hub`; see docs/eval.md)")
+              "others: the judges' files, or `python -m eval data --hub`; see docs/eval.md)")
     if failed:
         print(f"error: scenario {failed}")
         return 1

@@ -32,14 +32,14 @@ def plant(tmp: Path) -> dict:
     Returns the eval root, the contaminated records' numbers in b.jsonl, and both sources' records."""
     rng = random.Random(7)
     root = tmp / "eval-data"
-    (root / "mmlu").mkdir(parents=True)
+    (root / "mmlu" / "test").mkdir(parents=True)  # the judges' file formats (eval/sources.py)
     (root / "gsm8k").mkdir()
     mmlu = [phrase(rng, 20) for _ in range(20)]
-    (root / "mmlu" / "demo.test.jsonl").write_text("".join(
-        json.dumps({"question": " ".join(q), "choices": ["yes", "no"], "answer": 0}) + "\n" for q in mmlu))
+    (root / "mmlu" / "test" / "anatomy_test.csv").write_text("".join(f"{' '.join(q)},yes,no,A\n" for q in mmlu))
     gsm = [phrase(rng, 10) for _ in range(5)]
-    (root / "gsm8k" / "main.test.jsonl").write_text("".join(
+    (root / "gsm8k" / "gsm_data_test").write_text("".join(
         json.dumps({"question": " ".join(q), "answer": " ".join(phrase(rng, 12)) + " #### 7"}) + "\n" for q in gsm))
+    (root / "gsm8k" / "gsm_data_train").write_text("")
 
     a = [phrase(rng, 100) for _ in range(40)]
     a_records = [record(t) for t in a]

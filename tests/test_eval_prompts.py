@@ -1,6 +1,7 @@
 """The scenarios build HELM's prompts exactly, lm-eval sends them unchanged, and the scoring rules hold."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -48,12 +49,17 @@ def load_lm_eval_task(spec, folder: Path):
     return task
 
 
+def write_mmlu(root: Path, subject: str, dev: list[dict], test: list[dict]) -> None:
+    """MMLU's CSV layout: <split>/<subject>_<split>.csv, rows of question, options, correct letter."""
+    for split, rows in (("dev", dev), ("test", test)):
+        (root / "mmlu" / split).mkdir(parents=True, exist_ok=True)
+        with open(root / "mmlu" / split / f"{subject}_{split}.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([r["question"], *r["choices"], "ABCD"[r["answer"]]] for r in rows)
+
+
 def test_mmlu_task_prompt_equals_helm_example_character_for_character(tmp_path):
-    data = tmp_path / "data" / "mmlu"
-    data.mkdir(parents=True)
-    (data / "anatomy.train.jsonl").write_text(json.dumps(PLEURA) + "\n")
-    (data / "anatomy.test.jsonl").write_text(json.dumps(ELBOW) + "\n")
-    base = next(s for s in SCENARIOS["mmlu"].build(tmp_path / "data", 721) if s.name == "mmlu_anatomy")
+    write_mmlu(tmp_path / "data", "anatomy", [PLEURA], [ELBOW])
+    base = next(s for s in SCENARIOS["mmlu"].build(tmp_path / "data", None) if s.name == "mmlu_anatomy")
 
     task = load_lm_eval_task(base, tmp_path / "tasks")
     (request,) = task.instances
@@ -64,12 +70,9 @@ def test_mmlu_task_prompt_equals_helm_example_character_for_character(tmp_path):
 
 
 def test_perturbed_copies_change_only_the_evaluation_block(tmp_path):
-    data = tmp_path / "mmlu"
-    data.mkdir()
-    (data / "anatomy.train.jsonl").write_text(json.dumps(PLEURA) + "\n")
-    (data / "anatomy.test.jsonl").write_text(
-        json.dumps({**ELBOW, "question": "He told John the bone that forms the point of the elbow is the"}) + "\n")
-    specs = {s.name: s for s in SCENARIOS["mmlu"].build(tmp_path, 721)}
+    write_mmlu(tmp_path, "anatomy", [PLEURA],
+               [{**ELBOW, "question": "He told John the bone that forms the point of the elbow is the"}])
+    specs = {s.name: s for s in SCENARIOS["mmlu"].build(tmp_path, None)}
     assert {s.metric for s in specs.values()} == {"MMLU - EM", "MMLU - EM (Robustness)", "MMLU - EM (Fairness)"}
     # HELM's gender pattern needs a character before the pronoun: a sentence-initial "He" stays, no copy.
     assert specs["mmlu_anatomy_gender"].test == ()
@@ -134,13 +137,6 @@ def test_missing_data_names_the_place_and_the_fetch_command(tmp_path):
         SCENARIOS["gsm8k"].build(tmp_path, 61)
 
 
-def test_bad_local_jsonl_is_reported_with_file_line_and_field(tmp_path):
-    (tmp_path / "mmlu").mkdir()
-    (tmp_path / "mmlu" / "x.test.jsonl").write_text(json.dumps({"question": "q", "choices": ["a", "b"]}) + "\n")
-    with pytest.raises(ValueError, match=r"x\.test\.jsonl:1: missing field 'answer'"):
-        SCENARIOS["mmlu"].build(tmp_path, 10)
-
-
 def test_scoring_rules():
     assert utils.exact_match({"golds": ["C"]}, [" C"])["em"] == 1.0
     assert utils.exact_match({"golds": ["C"]}, [" C\n\nQuestion"])["em"] == 0.0  # the client never cuts
@@ -181,7 +177,8 @@ def test_bigbench_split_follows_helm_sizes():
     from eval.scenarios import bigbench_split
 
     def sizes(n: int) -> tuple[int, int]:
-        pool, test = bigbench_split([Instance(str(i), str(i)) for i in range(n)])
+        split = bigbench_split([Instance(str(i), str(i)) for i in range(n)])
+        pool, test = split.train, split.eval
         assert sorted(int(i.input) for i in pool + test) == list(range(n))  # a shuffle, nothing lost
         return len(pool), len(test)
 
