@@ -165,3 +165,34 @@ def test_bad_curation_options_name_the_key(table: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         parse_recipe({"curation": table, "data": [{"kind": "generated", "name": "arith_qa"}]})
+
+
+# One record in the schema of each winner's published hub dataset (field names and layout as published).
+WINNER_RECORDS = {
+    "upaya07/NeurIPS-LLM-data": {
+        "question": "### Instruction:\nAnswer the question.\n\n### Input:\nWhat is the boiling point of water at sea level?"
+                    "\n\n### Response:\n",
+        "answer": "100 degrees Celsius.",
+    },
+    "Percent-BFD/nips_data_v7": {
+        "instruction": "Question: \n", "input": "Which planet is largest?\nA.Mars\nB.Jupiter\nAnswer:", "output": "B",
+        "data_source": "mmlu",
+    },
+}
+
+
+@pytest.mark.parametrize("config", ["winner-4090-birbal-mix.toml", "winner-a100-percent-bfd-mix.toml"])
+def test_winner_mixes_map_their_published_fields(config: str, tmp_path: Path) -> None:
+    from train.data import render_sources
+
+    recipe = load_recipe(REPO / "configs" / config)  # validates without the hub, as --dry-run does
+    assert [s.kind for s in recipe.data] == ["hf"]
+    for source in recipe.data:  # the same source read from a local file of the published schema
+        record = WINNER_RECORDS[source.name]
+        (tmp_path / "local.json").write_text(json.dumps([record]))
+        source.kind, source.path = "json", str(tmp_path / "local.json")
+    ((_, _, [(prompt, response)]),) = render_sources(recipe)
+    if "question" in record:
+        assert (prompt, response) == (record["question"], record["answer"])
+    else:
+        assert record["input"] in prompt and record["instruction"].strip() in prompt and response == record["output"]
