@@ -7,8 +7,8 @@ direct-URL dependency, which pip refuses after unpacking it), so pip is run with
 private temporary folder and the files are taken from the tree it unpacked; a tarball given with
 `--sdist` (or one pip did save) is read directly instead.
 
-Where a dataset hub is reachable, `--hub mmlu,gsm8k,...` also exports those datasets into the local
-JSONL layout (eval/hub.py); `--hub` alone skips the BIG-bench download.
+Where a dataset hub is reachable, `--hub mmlu,gsm8k,...` exports those datasets into the judges' file
+formats, labelled as exports (eval/hub.py); `--hub` alone skips the BIG-bench download.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sdist", metavar="FILE", help="use this bigbench-*.tar.gz instead of downloading it")
     parser.add_argument("--hub", metavar="A,B",
                         help="export these scenarios' datasets from the dataset hub (mmlu, truthful_qa, gsm8k, "
-                             "sam_sum, math) instead of fetching BIG-bench")
+                             "sam_sum, math, summarization_cnndm) instead of fetching BIG-bench")
 
 
 def wanted(relative: str) -> bool:

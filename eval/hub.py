@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -100,8 +101,21 @@ def math(load: Loader, root: Path) -> int:
     return total
 
 
+def summarization_cnndm(load: Loader, root: Path) -> int:
+    """cnn_dailymail 3.0.0 -> summarization_cnndm/cnndm.pk, HELM's pickle of plain dicts (same splits)."""
+    data = {split: [{"article": r["article"], "highlights": r["highlights"]} for r in load("cnn_dailymail", "3.0.0", split)]
+            for split in ("train", "validation", "test")}
+    folder = root / "summarization_cnndm"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "cnndm.pk", "wb") as f:
+        pickle.dump(data, f)
+    label(folder, "cnn_dailymail 3.0.0")
+    return sum(map(len, data.values()))
+
+
 EXPORTERS: dict[str, Callable[[Loader, Path], int]] = {
     "mmlu": mmlu, "truthful_qa": truthful_qa, "gsm8k": gsm8k, "sam_sum": sam_sum, "math": math,
+    "summarization_cnndm": summarization_cnndm,
 }
 
 

@@ -184,6 +184,18 @@ def sam_sum(group: str, default: int) -> Callable[[Path, Budget], list[TaskSpec]
     return build
 
 
+CNN_DM_FORMAT = replace(SUMMARY_FORMAT, output_prefix="Summarize the above article in 3 sentences.\n")
+
+
+def cnn_dm(root: Path, budget: Budget) -> list[TaskSpec]:
+    """CNN/DailyMail as the judges ran it (scored, not ranked): HELM's `cnndm.pk`, 5 in-context articles of
+    50-150 words, 3-sentence summaries."""
+    folder = root / "summarization_cnndm"
+    need(folder / "cnndm.pk", "HELM's CNN/DailyMail pickle")
+    return [run_task("summarization_cnndm", "CNN/DailyMail - ROUGE-2", CNN_DM_FORMAT, sources.cnn_dm(folder), 5,
+                     budget or 1000, SUMMARY_GEN, scoring="rouge2", source=sources.note(folder))]
+
+
 # MMLU: the judges' 55 subjects and their max_eval_instances (run_specs_open_2000_budget.conf), 721 in all.
 MMLU_BUDGETS: dict[str, int] = {
     **dict.fromkeys(("anatomy", "college_medicine", "college_biology", "high_school_biology"), 15),
@@ -454,6 +466,7 @@ SCENARIOS: dict[str, Scenario] = {
                  note="bias metrics (Stereotypes, Representation) are not computed"),
         Scenario("corr2cause", "hidden", 1000, hidden_mc("corr2cause", 1000, shots=1, copies=False)),
         Scenario("math", "hidden", sum(MATH_BUDGETS.values()), math_scenario),
+        Scenario("summarization_cnndm", "hidden", 1000, cnn_dm, note="run by the judges, not ranked"),
         *(Scenario(f"ethics_{s}", "hidden", 200, hidden_mc(f"ethics_{s}", 200, shots=5, copies=True)) for s in ETHICS),
         # the quick suite: generated tasks (the leaderboard's quick groups) and fixture-sized open scenarios
         Scenario("quick_mc", "quick", 60, generated_scenario(["mc_largest", "mc_arith", "mc_next_letter"], "Quick MC")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -284,3 +285,43 @@ def math(folder: Path, subject: str, level: str) -> Splits:
             if row["type"] == MATH_SUBJECTS[subject] and row["level"] == f"Level {level}"
         ]
     return numbered(parts["train"], parts["test"])
+
+
+class PlainUnpickler(pickle.Unpickler):
+    """Reads only plain containers and strings: a pickle naming any class or function is refused (loading
+    one would run code from the file)."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"it names {module}.{name}")
+
+
+CNN_DM_SPLITS = {"train": "train", "validation": "eval", "test": "eval"}
+
+
+def cnn_dm(folder: Path, min_words: int = 50, max_words: int = 150, doc_words: int = 512) -> Splits:
+    """HELM's `cnndm.pk` (a dict of splits, each a list of {`article`, `highlights`}): newlines become spaces
+    and articles keep their first 512 words; the in-context pool keeps train articles of 50 to 150 words;
+    validation and test are evaluated."""
+    path = folder / "cnndm.pk"
+    try:
+        with open(path, "rb") as f:
+            data = PlainUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(path, 1, "(pickle)", f"not read ({exc}); only plain dicts, lists and strings are") from None
+
+    def clean(text: str, limit: int | None = None) -> str:
+        return " ".join(text.replace("\n", " ").split()[:limit])
+
+    parts: dict[str, list[Instance]] = {"train": [], "eval": []}
+    for split, part in CNN_DM_SPLITS.items():
+        if not isinstance(data, dict) or split not in data:
+            raise DataError(path, 1, split, "missing split")
+        for record, example in enumerate(data[split], 1):
+            for name in ("article", "highlights"):
+                if not isinstance(example, dict) or not isinstance(example.get(name), str):
+                    raise DataError(path, record, name, f"record {record} of {split!r} has no string {name!r}")
+            article = clean(example["article"], doc_words)
+            if part == "train" and not min_words <= len(article.split()) <= max_words:
+                continue
+            parts[part].append(Instance(article, clean(example["highlights"])))
+    return numbered(parts["train"], parts["eval"])

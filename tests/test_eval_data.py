@@ -81,9 +81,12 @@ def test_hub_export_writes_the_judges_file_formats_labelled_as_exports(tmp_path,
         ("gsm8k", "main", "train"): [{"question": "1+1?", "answer": "1+1=2\n#### 2"}] * 5,
         ("gsm8k", "main", "test"): [{"question": "2+2?", "answer": "2+2=4\n#### 4"}],
         ("samsum", None, "test"): [{"id": "s1", "dialogue": "A: hi\r\nB: hello", "summary": "They greet."}],
+        **{("cnn_dailymail", "3.0.0", split): [{"id": "c", "article": "word " * n, "highlights": "Short.\nTwo."}]
+           for split, n in (("train", 60), ("validation", 600), ("test", 10))},
     }
-    counts = export(["mmlu", "truthful_qa", "gsm8k", "sam_sum"], tmp_path, lambda d, c, s: hub[(d, c, s)])
-    assert counts == {"mmlu": 9, "truthful_qa": 10, "gsm8k": 6, "sam_sum": 1}
+    counts = export(["mmlu", "truthful_qa", "gsm8k", "sam_sum", "summarization_cnndm"], tmp_path,
+                    lambda d, c, s: hub[(d, c, s)])
+    assert counts == {"mmlu": 9, "truthful_qa": 10, "gsm8k": 6, "sam_sum": 1, "summarization_cnndm": 3}
     assert (tmp_path / "mmlu" / "val" / "anatomy_val.csv").read_text() == "v?,a,b,c,d,A\n"
     (mmlu, *_copies) = [s for s in SCENARIOS["mmlu"].build(tmp_path, None) if s.name.startswith("mmlu_anatomy")]
     assert len(mmlu.train) == 5 and len(mmlu.test) == 4 and "exported from the dataset hub (cais/mmlu)" in mmlu.source
@@ -96,6 +99,9 @@ def test_hub_export_writes_the_judges_file_formats_labelled_as_exports(tmp_path,
     assert gsm.test[0].target() == "2+2=4 The answer is 4."
     (sam,) = SCENARIOS["sam_sum"].build(tmp_path, None)
     assert sam.test[0].input == "A: hi\nB: hello" and "not the judges' file" in sam.source
+    (cnn,) = SCENARIOS["summarization_cnndm"].build(tmp_path, None)
+    assert len(cnn.train) == 1 and [len(i.input.split()) for i in cnn.test] == [512, 10]  # HELM's 512-word cut
+    assert cnn.test[0].output == "Short. Two." and cnn.fmt.output_prefix == "Summarize the above article in 3 sentences.\n"
 
 
 # ---- the judges' file formats: a malformed file is refused with its path, line and field ------------------
@@ -114,6 +120,9 @@ BAD_FILES = [
     ("bbq", "Age.jsonl", '{"context": "c", "question": "q", "ans0": "a", "ans1": "b", "ans2": "c", "label": 3}\n',
      r"Age\.jsonl:1: field 'label'"),
     ("mmlu", "test/anatomy_test.csv", "q,a,b,c,d,A\nq,a,b,c,d,F\n", r"anatomy_test\.csv:2: field 'answer'"),
+    # a pickle that names a function would run it when loaded: refused unread
+    ("summarization_cnndm", "cnndm.pk", "cos\nsystem\n(S'true'\ntR.", r"cnndm\.pk:1: field '\(pickle\)'"),
+    ("summarization_cnndm", "cnndm.pk", "(dp0\nS'train'\n(lp1\n(dp2\nS'article'\nS'a'\nsas.", r"cnndm\.pk:1: field 'highlights'"),
 ]
 
 

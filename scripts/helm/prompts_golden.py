@@ -62,6 +62,7 @@ CASES: list[Case] = [
     Case("corr2cause", "get_corr2cause_spec", {}, {"corr2cause/corr2cause.csv": "data/corr2cause.csv"}, 3,
          max_train_instances=1),
     Case("sam_sum", "get_sam_sum_spec", {}, {"sam_sum/samsum.tsv": "data/samsum.tsv"}, 5),
+    Case("summarization_cnndm", "get_cnndm_summarization_spec", {}, {"summarization_cnndm/cnndm.pk": "data/cnndm.pk"}, 4),
     Case("mmlu_anatomy", "get_mmlu_spec", {"subject": "anatomy"},
          {f"mmlu/{s}/anatomy_{s}.csv": f"data/{s}/anatomy_{s}.csv" for s in ("dev", "val", "test")}, 5),
     Case("truthful_qa", "get_truthful_qa_spec", {"task": "mc_single"},
