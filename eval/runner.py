@@ -20,7 +20,8 @@ from pathlib import Path
 from eval.scenarios import SCENARIOS, SUITES, MissingData, Scenario, TaskSpec, suite, write_task
 
 # The lm-eval metric each scoring template reports.
-SCORE_KEYS = {"exact_match": "em", "final_token": "em", "rouge2": "rouge2", "math_equiv": "equiv"}
+SCORE_KEYS = {"exact_match": "em", "quasi_exact_match": "em", "final_token": "em", "rouge2": "rouge2",
+              "math_equiv": "equiv"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

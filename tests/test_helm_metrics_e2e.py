@@ -1,0 +1,62 @@
+"""End to end: a server that knows the answers gets, per metric, exactly what HELM's metric code gives.
+
+The oracle (tests/oracle_server.py, a real uvicorn server) answers each instance with the completion of
+a golden case (tests/fixtures/helm/metrics/cases.json: values computed by the judges' fork's own metric
+code). The instances go through the whole chain a run uses: our documents and lm-eval tasks, the HTTP
+client, lm-eval's generation and scoring hooks, and the runner's reduction to HELM metrics.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.adapters import Format, Instance
+from eval.client import ChallengeAPI
+from eval.runner import evaluate, helm_metrics
+from eval.scenarios import Generation, TaskSpec
+from tests.oracle_server import Oracle
+
+CASES = json.loads((Path(__file__).parent / "fixtures" / "helm" / "metrics" / "cases.json").read_text())
+# HELM metric -> (our scoring template, the per-sample key lm-eval logs for it)
+TEMPLATES = {
+    "exact_match": ("exact_match", "em"),
+    "quasi_exact_match": ("quasi_exact_match", "em"),
+    "exact_match_indicator": ("final_token", "em"),
+    "rouge_2": ("rouge2", "rouge2"),
+    "math_equiv_chain_of_thought": ("math_equiv", "equiv"),
+}
+
+
+def instance(number: int, case: dict) -> Instance:
+    question = f"Case Z{number}Z: {case['note']}"  # the oracle finds its answer by the Z<n>Z marker
+    if "choices" in case:
+        return Instance(question, case["answer"], tuple(case["choices"]))
+    return Instance(question, case["golds"][0], golds=tuple(case["golds"][1:]))
+
+
+def test_oracle_completions_score_exactly_what_helm_computes(tmp_path):
+    specs, answers, expected = [], {}, {}
+    for metric, (template, key) in TEMPLATES.items():
+        numbered = [(n, c) for n, c in enumerate(CASES) if c["metric"] == metric]
+        answers.update({str(n): c["completion"] for n, c in numbered})
+        expected[metric] = [c["helm"] for _, c in numbered]
+        specs.append(TaskSpec(name=f"oracle_{metric}", metric=f"Oracle - {metric}", scoring=template, fmt=Format(),
+                              train=(), test=tuple(instance(n, c) for n, c in numbered),
+                              generation=Generation(max_new_tokens=50)))
+    with Oracle(tmp_path, answers, default="(no answer)") as url:
+        output = evaluate(ChallengeAPI(url, concurrency=30, progress=False), specs, tmp_path / "tasks", None)
+    for spec in specs:
+        metric = spec.name.removeprefix("oracle_")
+        key = TEMPLATES[metric][1]
+        rows = sorted(output["samples"][spec.name], key=lambda row: row["doc_id"])
+        # Instance by instance: the oracle's completion was scored as HELM scores it.
+        assert [row["resps"][0][0] for row in rows] == [answers[str(n)] for n, c in enumerate(CASES)
+                                                      if c["metric"] == metric]
+        assert [row[key] for row in rows] == expected[metric], metric
+    # And the run's HELM metric is the mean over instances, as HELM's per-run statistic.
+    results = {r.metric: r for r in helm_metrics("oracle", specs, output, 1.0)}
+    for metric, values in expected.items():
+        assert results[f"Oracle - {metric}"].value == pytest.approx(sum(values) / len(values), rel=1e-12, abs=0)
+        assert results[f"Oracle - {metric}"].instances == len(values)
