@@ -3,7 +3,8 @@
 With no --config it runs the embedded default (a tiny Llama built locally, bundled generated data)
 on the CPU. Exit codes: 0 finished (step/epoch limit or budget, gracefully), 1 crashed, 2 bad
 command line or recipe, 3 hard stop at the deadline (the last checkpoint's adapter is the result),
-4 stopped by a signal after a graceful save, 5 hard stop by a second signal.
+4 stopped by a signal after a graceful save, 5 hard stop by a second signal, 6 stopped by a signal
+before training started (no adapter saved).
 """
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import argparse
 import json
 import os
 import sys
+import time
+import traceback
 from pathlib import Path
 
-from train.ledger import process_start
-from train.watchdog import EXIT_HARD_SIGNAL, EXIT_USAGE, SignalRouter
+from train.ledger import process_start, time_left
+from train.watchdog import EXIT_HARD_DEADLINE, EXIT_HARD_SIGNAL, EXIT_USAGE, SignalRouter, StartupGuard
 
 STARTED = process_start()  # the budget's clock: the process's own start, imports included
 
@@ -44,9 +47,27 @@ def main(argv: list[str] | None = None) -> int:
     router.start()  # before torch starts any thread
     args = parse_args(argv)
 
+    from train import rules
+
+    try:
+        seconds_left = rules.parse_duration(args.budget) - (time.monotonic() - STARTED) if args.budget else None
+        if args.resume and (resumed := time_left(Path(args.resume) / "ledger.json", STARTED)):
+            seconds_left, startup = resumed
+            if seconds_left <= 1.25 * startup + 1.0:
+                print(f"error: {max(seconds_left, 0.0):.1f}s of the run's budget are left, and starting took "
+                      f"{startup:.1f}s last time: nothing to resume, the run's adapter/ is its result", file=sys.stderr)
+                return EXIT_HARD_DEADLINE
+        guard = StartupGuard(seconds_left) if seconds_left is not None else None
+        budget_rules = rules.load_rules()
+        if args.track in budget_rules.tracks:
+            rules.hide_gpus(budget_rules.tracks[args.track])  # before torch looks for CUDA
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
     import torch
 
-    from train import plan, rules
+    from train import plan
     from train.recipe import RecipeError, load_recipe
     from train.session import Limits, TrainingRun, choose_run_dir, resume_recipe, say
 
@@ -66,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
             from train import data_report
 
             return data_report.run(recipe, args.output_dir)
-        budget_rules = rules.load_rules()
         # A dry run only plans, so it may name a GPU track on a machine without one.
         cuda_ok = torch.cuda.is_available() or (args.dry_run and args.track is not None)
         track = rules.choose_track(budget_rules, args.track, cuda_ok)
@@ -100,9 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
 
+    if guard:
+        guard.cancel()  # the run's watchdog takes over
     router.graceful = lambda: run.watchdog.request_stop("signal")
     router.hard = lambda: run.hard_stop("signal", EXIT_HARD_SIGNAL)
-    code = run.run()
+    try:
+        code = run.run()
+    except Exception:  # noqa: BLE001 - any crash is recorded, then reported with its traceback
+        traceback.print_exc()
+        code = run.record_crash()
     # Interpreter shutdown with torch loaded can take seconds the budget never accounted for; all
     # state is on disk by now, so leave at once.
     sys.stdout.flush()

@@ -1,9 +1,11 @@
 """Checkpoints and the published adapter, both written aside and then renamed into place.
 
 `checkpoints/step-NNNNNNN/` holds the adapter, optimizer state, data position and RNG state; a
-checkpoint being written lives under a `.tmp-` name, so an interrupted write never replaces the last
-good one. `adapter/` at the top of the run folder is always a complete adapter (the last checkpoint's,
-then the final one), swapped in by two renames under a lock the hard stop also takes.
+checkpoint being written lives under a `.tmp-` name and is fsynced before it is renamed into place,
+so neither an interrupted write nor a power loss leaves a "complete" checkpoint that is not. Resume
+takes the newest checkpoint that loads and falls back to the older one kept. `adapter/` at the top of
+the run folder is always a complete adapter (the last checkpoint's, then the final one), swapped in
+by two renames under a lock the hard stop also takes.
 """
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ import json
 import os
 import random
 import shutil
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from train.durable import fsync_dir, fsync_tree
+from train.model import save_adapter
 
 KEEP_CHECKPOINTS = 2
 publish_lock = threading.Lock()
@@ -47,12 +53,14 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: dict) -> Path:
     final = root / f"step-{state['step']:07d}"
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "adapter")
+    save_adapter(model, tmp / "adapter")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    fsync_dir(root)
     publish_adapter(run_dir, final / "adapter", link=True)
     for old in checkpoint_dirs(run_dir)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
@@ -60,15 +68,32 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: dict) -> Path:
 
 
 def load_checkpoint(checkpoint: Path, model, optimizer) -> dict:
-    """Restore adapter weights, optimizer and RNG state; return the saved loop state."""
+    """Restore adapter weights, optimizer and RNG state; return the saved loop state. Every file is
+    read before anything is restored, so a damaged checkpoint raises and changes nothing."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     weights = load_file(checkpoint / "adapter" / "adapter_model.safetensors")
+    optimizer_state = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    rng = torch.load(checkpoint / "rng.pt", weights_only=False)
+    state = json.loads((checkpoint / "state.json").read_text())
+    if state["step"] != int(checkpoint.name.removeprefix("step-")):
+        raise ValueError(f"state.json says step {state['step']}")
     set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
-    set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=False))
-    return json.loads((checkpoint / "state.json").read_text())
+    optimizer.load_state_dict(optimizer_state)
+    set_rng_state(rng)
+    return state
+
+
+def load_newest_checkpoint(run_dir: Path, model, optimizer) -> tuple[Path, dict] | None:
+    """Restore the newest checkpoint that loads, saying why a newer one was skipped; None if none does."""
+    for checkpoint in reversed(checkpoint_dirs(run_dir)):
+        try:
+            return checkpoint, load_checkpoint(checkpoint, model, optimizer)
+        except Exception as error:  # noqa: BLE001 - truncated, missing or garbled files all mean "damaged"
+            print(f"warning     checkpoint {checkpoint.name} is damaged ({type(error).__name__}: {error}); "
+                  "trying the one before", file=sys.stderr, flush=True)
+    return None
 
 
 def publish_adapter(run_dir: Path, source: Path, link: bool = False) -> None:
@@ -76,13 +101,15 @@ def publish_adapter(run_dir: Path, source: Path, link: bool = False) -> None:
     staging = run_dir / "adapter.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging, copy_function=os.link if link else shutil.copy2)
+    fsync_tree(staging)
     _swap_in(run_dir, staging)
 
 
 def save_final_adapter(run_dir: Path, model) -> None:
     staging = run_dir / "adapter.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    save_adapter(model, staging)
+    fsync_tree(staging)
     _swap_in(run_dir, staging)
 
 
@@ -93,6 +120,7 @@ def _swap_in(run_dir: Path, staging: Path) -> None:
         if current.exists():
             current.rename(old)
         staging.rename(current)
+        fsync_dir(run_dir)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -2,7 +2,8 @@
 
 The clock starts when the process starts (model download, loading and data preparation count).
 The ledger is rewritten atomically about once a second, so even a `kill -9` loses at most that
-much, and `--resume` continues the same budget instead of restarting the clock.
+much, and `--resume` continues the same budget instead of restarting the clock. An attempt that
+ended without recording how (kill -9, power loss) is marked "killed" by the next one.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+from train.durable import fsync_dir, write_aside
 
 
 def process_start() -> float:
@@ -27,6 +30,17 @@ def process_start() -> float:
         return time.monotonic()
 
 
+def time_left(path: Path, started: float) -> tuple[float, float] | None:
+    """For the run whose ledger is at `path`: the budget's seconds left now, and the longest time an
+    earlier attempt took to start (interpreter, imports). None if there is no ledger. Read before
+    torch is imported, to decide whether a resume can even start inside the budget."""
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    left = doc["budget_s"] - sum(a["seconds"] for a in doc["attempts"]) - (time.monotonic() - started)
+    return left, max((a["phases"].get("startup", 0.0) for a in doc["attempts"]), default=0.0)
+
+
 class Ledger:
     def __init__(self, path: Path, budget_s: float, started: float, resume: bool) -> None:
         self.path = path
@@ -39,11 +53,16 @@ class Ledger:
                 f"(leave --budget out or pass the same value), not {budget_s:.0f}s")
         self.budget_s = budget_s
         self.attempts: list[dict] = previous.get("attempts", [])
+        for attempt in self.attempts:
+            if attempt["end"] == "running":
+                attempt["end"] = "killed"
         self.train_origin_s: float | None = previous.get("train_origin_s")
         self.current = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                         "seconds": 0.0, "phases": {}, "end": "running"}
         self.attempts.append(self.current)
         self.used_before = sum(a["seconds"] for a in self.attempts[:-1])
+        self._taken = self._written = 0  # snapshot numbers: an older snapshot never replaces a newer one
+        self._replace_lock = threading.Lock()
 
     def elapsed(self) -> float:
         """Seconds of this attempt so far."""
@@ -83,12 +102,24 @@ class Ledger:
         return out
 
     def flush(self, end: str | None = None) -> None:
+        """Write the ledger (raises OSError if the disk refuses). The state is copied under the lock
+        and written outside it, so a slow or hanging disk never blocks `add` in the training loop."""
         with self._lock:
             self.current["seconds"] = round(self.elapsed(), 3)
             if end:
                 self.current["end"] = end
-            doc = {"budget_s": self.budget_s, "train_origin_s": self.train_origin_s, "attempts": self.attempts,
-                   "used_s": round(self.used(), 3)}
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, self.path)
+            text = json.dumps({"budget_s": self.budget_s, "train_origin_s": self.train_origin_s,
+                               "attempts": self.attempts, "used_s": round(self.used(), 3)}, indent=1)
+            self._taken += 1
+            number = self._taken
+        aside = write_aside(self.path, text)
+        with self._replace_lock:
+            try:
+                if number > self._written:
+                    os.replace(aside, self.path)
+                    self._written = number
+                    aside = None
+            finally:
+                if aside is not None:
+                    aside.unlink(missing_ok=True)
+        fsync_dir(self.path.parent)

@@ -108,7 +108,7 @@ def run_loop(recipe: Recipe, model, optimizer, batches: Batches, state: LoopStat
             return "stop_requested"
         if limit is not None and state.step >= limit:
             return "max_steps" if limit == t.max_steps else "epochs"
-        step_progress = state.step / limit if limit and (t.schedule_clock == "steps" or t.epochs) else 0.0
+        step_progress = state.step / limit if limit else 0.0
         progress = step_progress if t.schedule_clock == "steps" else max(time_progress(), step_progress)
         lr = t.lr * lr_factor(progress, t.warmup_frac, t.min_lr_ratio, t.schedule)
         started = time.monotonic()

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from train.durable import write_atomic
 from train.recipe import Recipe
 
 
@@ -21,9 +22,28 @@ def peak_memory_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def keep_steps_up_to(path: Path, last_step: int) -> None:
+    """Drop the rows of steps after `last_step` (a resumed run trains them again and logs them anew),
+    and a row torn by a kill."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row["step"] <= last_step:
+            kept.append(line + "\n")
+    write_atomic(path, "".join(kept))
+
+
 class MetricsLog:
-    def __init__(self, run_dir: Path, recipe: Recipe, window_s: float) -> None:
-        self.file = (run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+    def __init__(self, run_dir: Path, recipe: Recipe, window_s: float, resumed_step: int = 0) -> None:
+        path = run_dir / "metrics.jsonl"
+        keep_steps_up_to(path, resumed_step)
+        self.file = path.open("a", encoding="utf-8")
+        self.write_error: str | None = None
         self.every = recipe.log.every_steps
         self.bar = tqdm(total=round(window_s), unit="s", file=sys.stderr, dynamic_ncols=True,
                         bar_format="train {percentage:3.0f}%|{bar}| {desc}")
@@ -60,11 +80,19 @@ class MetricsLog:
             f"step {row['step']} loss {row['loss']:.4f} {row['tokens_per_s']:.0f} tok/s {left_s:.0f}s left")
         if row["step"] % self.every:
             return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as error:  # a full disk loses metrics rows, never the run
+            if str(error) != self.write_error:
+                self.write_error = str(error)
+                print(f"\nwarning     could not write metrics.jsonl: {error}", file=sys.stderr, flush=True)
         for sink in self.sinks:
             sink(row)
 
     def close(self) -> None:
         self.bar.close()
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the rows it could not write were reported already
+            pass

@@ -8,8 +8,10 @@ not accepted (no track allows more than 24h), nor spaces, signs or a bare number
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,6 +269,15 @@ def check_base_model(rules: Rules, model_id: str, model_type: str, allow_unappro
     if allow_unapproved:
         return f"warning: base model {model_id} breaks the competition rules ({reasons}); allowed by {OVERRIDE_FLAG}"
     raise ValueError(f"base model {model_id} refused: {reasons}. Pass {OVERRIDE_FLAG} to use it anyway")
+
+
+def hide_gpus(track: Track, environ: MutableMapping[str, str] = os.environ) -> bool:
+    """On a track without GPUs, hide every CUDA device from this process so that training really runs
+    on the CPU of a GPU machine. Works only before torch first looks for CUDA; True if it hid them."""
+    if track.gpus > 0:
+        return False
+    environ["CUDA_VISIBLE_DEVICES"] = ""
+    return True
 
 
 # The CUDA context (driver state and the loaded kernels of torch, bitsandbytes and flash-attn) sits on

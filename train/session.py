@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,18 +23,21 @@ from transformers import set_seed
 from train import data
 from train import model as model_lib
 from train.checkpoint import (
-    checkpoint_dirs,
-    load_checkpoint,
+    load_newest_checkpoint,
+    publish_adapter,
     publish_lock,
     recover_adapter,
     save_checkpoint,
     save_final_adapter,
 )
+from train.durable import write_atomic
 from train.ledger import Ledger
 from train.loop import LoopState, run_loop
 from train.metrics import MetricsLog, peak_memory_mib
 from train.recipe import Recipe, dump_recipe, load_recipe
-from train.watchdog import EXIT_OK, EXIT_SIGNAL, Watchdog
+from train.watchdog import EXIT_CRASH, EXIT_OK, EXIT_SIGNAL, EXIT_SIGNAL_EARLY, Watchdog
+
+HARD_STOP_WAIT_S = 1.0  # the most a hard stop waits for a swap in progress and its record, deadline or not
 
 
 @dataclass
@@ -102,20 +106,39 @@ class TrainingRun:
             "train_share": round(totals.get("train", 0.0) / self.limits.budget_s, 4),
             "adapter": str(self.run_dir / "adapter") if (self.run_dir / "adapter").exists() else None,
             "data_dropped": self.data_dropped,
+            "device": str(next(self.model.parameters()).device) if self.model is not None else None,
         }
 
     def write_summary(self, reason: str, exit_code: int) -> dict:
-        self.ledger.flush(end=reason)
+        """Record how the run ended in the ledger and summary.json, as far as the disk lets us."""
         summary = self.summary(reason, exit_code)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        for name, write in (("ledger", lambda: self.ledger.flush(end=reason)),
+                            ("summary", lambda: write_atomic(self.run_dir / "summary.json",
+                                                             json.dumps(summary, indent=1)))):
+            try:
+                write()
+            except OSError as error:
+                say(f"warning     could not write the {name}: {error}")
         return summary
 
     def hard_stop(self, reason: str, exit_code: int) -> None:
-        """Called from the watchdog or signal thread: end now, keeping the last published adapter."""
-        publish_lock.acquire(timeout=max(0.0, self.ledger.left() - 0.3))
+        """Called from the watchdog or signal thread: end now, keeping the last published adapter.
+        The exit comes first: a swap of adapter/ in progress and the record get what time is left
+        before the deadline (at most HARD_STOP_WAIT_S), so a disk that hangs cannot hold the process."""
+        end_by = time.monotonic() + min(self.ledger.left() - 0.1, HARD_STOP_WAIT_S)
+        publish_lock.acquire(timeout=max(0.0, (end_by - time.monotonic()) / 2))
+        record = threading.Thread(target=self._record_hard_stop, args=(reason, exit_code), daemon=True)
+        record.start()
+        record.join(timeout=max(0.0, end_by - time.monotonic()))
+        os._exit(exit_code)
+
+    def _record_hard_stop(self, reason: str, exit_code: int) -> None:
         summary = self.write_summary(f"hard_stop:{reason}", exit_code)
         say(f"\nHARD STOP ({reason}): the adapter of the last complete checkpoint is the result: {summary['adapter']}")
-        os._exit(exit_code)
+
+    def record_crash(self) -> int:
+        """After an exception escaped the run: mark the attempt crashed (the watchdog still guards the deadline)."""
+        return self.end("crashed", EXIT_CRASH)
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -129,26 +152,34 @@ class TrainingRun:
             self.model = model_lib.load_model(self.recipe)
             self.optimizer = model_lib.make_optimizer(self.recipe, self.model)
         if self.watchdog.reason == "signal":
-            return self.end("signal before training", EXIT_SIGNAL)
+            return self.signalled_before_training()
         with self.ledger.phase("data"):
             batches, findings = data.prepare(self.recipe, tokenizer, report_dir=self.run_dir)  # + data report
             self.data_dropped = findings.dropped()
+        if self.watchdog.reason == "signal":
+            return self.signalled_before_training()
         tokens, slots = batches.token_stats()
         say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
             f"{batches.per_epoch} batches/epoch; " + ("packing" if batches.packed else "pad-to-longest")
             + f" efficiency {tokens / slots:.1%} (non-pad tokens / token slots)")
-        if self.resume and checkpoint_dirs(self.run_dir):
+        if self.resume:
             with self.ledger.phase("load"):
-                last = checkpoint_dirs(self.run_dir)[-1]
-                saved = load_checkpoint(last, self.model, self.optimizer)
+                loaded = load_newest_checkpoint(self.run_dir, self.model, self.optimizer)
+            if loaded:
+                checkpoint, saved = loaded
                 self.state = LoopState(saved["step"], saved["position"], saved["tokens"], saved["loss"])
-            say(f"resumed     from {last.name} (step {self.state.step})")
+                # adapter/ may hold a newer, damaged checkpoint's files: publish the one training resumes from
+                with self.ledger.phase("checkpoint"):
+                    publish_adapter(self.run_dir, checkpoint / "adapter", link=True)
+                say(f"resumed     from {checkpoint.name} (step {self.state.step})")
+            else:
+                say("resumed     from step 0: no checkpoint to resume from")
         if not (self.run_dir / "adapter").exists():
             # Publish the untrained adapter at once: the run has a servable result from here on, and
             # the save's cost is measured before the watchdog must rely on it.
             self.measured_save(lambda: save_final_adapter(self.run_dir, self.model))
         self.ledger.mark_train_origin()
-        self.metrics = MetricsLog(self.run_dir, self.recipe, self.limits.budget_s)
+        self.metrics = MetricsLog(self.run_dir, self.recipe, self.limits.budget_s, resumed_step=self.state.step)
         try:
             reason = run_loop(self.recipe, self.model, self.optimizer, batches, self.state,
                               should_stop=self.watchdog.stop.is_set, time_progress=self.time_progress,
@@ -164,9 +195,13 @@ class TrainingRun:
             save_final_adapter(self.run_dir, self.model)
         return self.end(reason, EXIT_SIGNAL if reason == "signal" else EXIT_OK)
 
+    def signalled_before_training(self) -> int:
+        say("\nstopped by a signal before training started: no adapter was saved in this attempt")
+        return self.end("signal_before_training", EXIT_SIGNAL_EARLY)
+
     def end(self, reason: str, exit_code: int) -> int:
+        summary = self.write_summary(reason, exit_code)  # the watchdog still guards the deadline
         self.watchdog.finish()
-        summary = self.write_summary(reason, exit_code)
         phases = summary["phases_s"]
         say(f"\nstopped     {reason} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
             f"last loss {summary['last_loss']:.4f}")
@@ -198,8 +233,14 @@ class TrainingRun:
             self.last_checkpoint = time.monotonic()
 
     def measured_save(self, save) -> None:
-        """Run a save in the checkpoint phase and tell the watchdog what it cost."""
+        """Run a save in the checkpoint phase and tell the watchdog what it cost. A save the disk
+        refuses is reported and training goes on: the next save (at the latest the final one) may
+        succeed, and the last published adapter stands meanwhile."""
         started = time.monotonic()
-        with self.ledger.phase("checkpoint"):
-            save()
+        try:
+            with self.ledger.phase("checkpoint"):
+                save()
+        except OSError as error:
+            say(f"\nwarning     a save failed, training goes on: {type(error).__name__}: {error}")
+            return
         self.watchdog.note_save(time.monotonic() - started)

@@ -5,6 +5,9 @@ margin, it asks the loop to stop at the next step boundary (graceful). If the ru
 when the deadline is nearly there, it ends the process itself (hard): the adapter published by
 the last complete checkpoint is then the result. A first SIGINT/SIGTERM asks for the same graceful
 stop (plus a checkpoint), a second forces a hard one at once.
+
+The watchdog's own thread does no I/O, so no disk fault can silence it: the ledger is written by a
+second thread, whose failures are reported and retried, never fatal.
 """
 from __future__ import annotations
 
@@ -12,19 +15,20 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 from train.ledger import Ledger
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_HARD_DEADLINE, EXIT_SIGNAL, EXIT_HARD_SIGNAL = 0, 1, 2, 3, 4, 5
-HARD_STOP_LEAD_S = 0.5  # time the hard stop needs to write the summary and exit before the deadline
+EXIT_SIGNAL_EARLY = 6  # a signal before the first training step: no adapter was saved
+HARD_STOP_LEAD_S = 0.5  # the hard stop's time to try to record the summary, then exit, before the deadline
 FLUSH_EVERY_S = 1.0
 
 
 class Watchdog:
     def __init__(self, ledger: Ledger, margin_s: float, save_estimate_s: float,
                  on_hard_stop: Callable[[str, int], None], tick_s: float = 0.05) -> None:
+        """`on_hard_stop(reason, exit_code)` must end the process within HARD_STOP_LEAD_S."""
         self.ledger = ledger
         self.margin_s = margin_s
         self.save_cost_s = save_estimate_s
@@ -35,14 +39,18 @@ class Watchdog:
         self.reason: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="budget-watchdog", daemon=True)
+        self._writer = threading.Thread(target=self._write_ledger, name="ledger-writer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._writer.start()
 
     def finish(self) -> None:
-        """The run is over: stop watching (the caller writes the last ledger entry)."""
+        """The run is over: stop watching (the caller writes the last ledger entry). A writer stuck
+        on the disk is left behind: it is a daemon thread and cannot hold the exit."""
         self._done.set()
         self._thread.join(timeout=1.0)
+        self._writer.join(timeout=0.1)
 
     def stop_lead_s(self) -> float:
         """How long before the deadline training must stop to leave room for the final save."""
@@ -61,7 +69,6 @@ class Watchdog:
             self.stop.set()
 
     def _watch(self) -> None:
-        last_flush = 0.0
         while not self._done.wait(self.tick_s):
             left = self.ledger.left()
             if left <= self.stop_lead_s():
@@ -69,9 +76,37 @@ class Watchdog:
             if left <= HARD_STOP_LEAD_S:
                 self.on_hard_stop("deadline", EXIT_HARD_DEADLINE)
                 return
-            if time.monotonic() - last_flush >= FLUSH_EVERY_S:
+
+    def _write_ledger(self) -> None:
+        reported = None
+        while True:
+            try:
                 self.ledger.flush()
-                last_flush = time.monotonic()
+                reported = None
+            except OSError as error:  # disk full, run folder gone or read-only: report once, keep trying
+                if str(error) != reported:
+                    reported = str(error)
+                    print(f"\nwarning     could not write the ledger: {error}", file=sys.stderr, flush=True)
+            if self._done.wait(FLUSH_EVERY_S):
+                return
+
+
+class StartupGuard:
+    """The deadline before the watchdog runs: interpreter start, imports and setup count against the
+    budget, and on a starved machine they can take all of it. Unless cancelled (by the watchdog's
+    start), it ends the process HARD_STOP_LEAD_S before the deadline; nothing is saved yet to keep."""
+
+    def __init__(self, seconds_left: float) -> None:
+        self._cancelled = threading.Event()
+        threading.Thread(target=self._guard, args=(seconds_left,), name="startup-guard", daemon=True).start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    def _guard(self, seconds_left: float) -> None:
+        if not self._cancelled.wait(max(0.0, seconds_left - HARD_STOP_LEAD_S)):
+            print("\nHARD STOP (deadline): the budget ran out while the run was starting", file=sys.stderr, flush=True)
+            os._exit(EXIT_HARD_DEADLINE)
 
 
 class SignalRouter:
@@ -91,8 +126,8 @@ class SignalRouter:
         def wait() -> None:
             signal.sigwait(signals)
             if self.graceful is None or self.hard is None:
-                print("\ninterrupted before training started", file=sys.stderr, flush=True)
-                os._exit(EXIT_SIGNAL)
+                print("\ninterrupted before the run started: no adapter was saved", file=sys.stderr, flush=True)
+                os._exit(EXIT_SIGNAL_EARLY)
             print("\nstop requested: finishing the current step, then saving (signal again to stop at once)",
                   file=sys.stderr, flush=True)
             self.graceful()

@@ -1,0 +1,185 @@
+"""Faults during real training runs of the CLI: the deadline holds whatever the disk does, resume
+survives a damaged checkpoint, a crash is recorded, and the limits are limits.
+
+Faults are injected from outside the process: the run folder removed, a file replaced by a folder,
+and, for a write that hangs, a sitecustomize.py put on the child's PYTHONPATH only (see
+`hanging_renames`) that makes os.replace/os.rename sleep once a trigger file exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import REPO, run_train, summary, train_cmd, write_recipe
+from tests.test_train_budget import assert_loadable, wait_for
+from train.rules import load_rules
+from train.schedule import lr_factor
+
+BUDGET_S = 30
+
+
+def start(tmp_path: Path, budget: str = f"{BUDGET_S}s", env: dict | None = None) -> tuple[subprocess.Popen, Path, float]:
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd("--config", str(write_recipe(tmp_path / "r.toml")), "--budget", budget,
+                                      "--output-dir", str(run)), cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    return proc, run, time.monotonic()
+
+
+def finish(proc: subprocess.Popen, started: float) -> tuple[int, str, float]:
+    """Wait for the run; a run that overshoots its budget by far fails here rather than hanging the suite."""
+    try:
+        _, err = proc.communicate(timeout=BUDGET_S + 20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"the run was still going {BUDGET_S + 20}s into a {BUDGET_S}s budget:\n{err[-3000:]}")
+    return proc.returncode, err, time.monotonic() - started
+
+
+def test_a_ledger_write_that_raises_does_not_stop_the_watchdog(tmp_path: Path, tiny_model: Path):
+    proc, run, started = start(tmp_path)
+    wait_for(lambda: (run / "adapter").exists(), proc)
+    while not (run / "ledger.json").is_dir():  # every later ledger write raises IsADirectoryError
+        (run / "ledger.json").unlink(missing_ok=True)
+        try:
+            (run / "ledger.json").mkdir()
+        except FileExistsError:
+            continue  # the writer put a file back in between
+    code, err, wall = finish(proc, started)
+    assert code == 0, err
+    assert wall <= BUDGET_S and "could not write the ledger" in err
+    assert summary(run)["stop_reason"] == "budget"
+    assert_loadable(run / "adapter", tiny_model)
+
+
+def test_the_run_folder_removed_mid_run(tmp_path: Path, tiny_model: Path):
+    proc, run, started = start(tmp_path)
+    wait_for(lambda: (run / "checkpoints" / "step-0000001").exists(), proc)
+    while run.exists():  # the run may add a file while the tree is being removed: go again
+        shutil.rmtree(run, ignore_errors=True)
+    code, err, wall = finish(proc, started)
+    assert code == 0, err
+    assert wall <= BUDGET_S
+    assert summary(run)["stop_reason"] == "budget"
+    assert_loadable(run / "adapter", tiny_model)  # the final save put the folder back
+
+
+def hanging_renames(folder: Path, trigger: Path) -> dict:
+    """Environment for a child whose os.replace and os.rename hang for good once `trigger` exists,
+    like a write to a filesystem that stopped answering."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(f"""
+import os, time
+def _hang_when_triggered(real):
+    def call(*args, **kwargs):
+        while os.path.exists({str(trigger)!r}):
+            time.sleep(3600)
+        return real(*args, **kwargs)
+    return call
+os.replace, os.rename = _hang_when_triggered(os.replace), _hang_when_triggered(os.rename)
+""")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+def test_a_hanging_filesystem_cannot_keep_the_run_past_its_deadline(tmp_path: Path, tiny_model: Path):
+    trigger = tmp_path / "hang-now"
+    proc, run, started = start(tmp_path, env=hanging_renames(tmp_path / "hook", trigger))
+    wait_for(lambda: (run / "checkpoints" / "step-0000001").exists(), proc)
+    trigger.touch()  # from here every rename (ledger, checkpoint, adapter swap) hangs
+    code, err, wall = finish(proc, started)
+    assert code == 3, err
+    assert wall <= BUDGET_S
+    assert_loadable(run / "adapter", tiny_model)  # a hung swap never began: the last adapter stands
+
+
+def test_resume_falls_back_from_a_damaged_newest_checkpoint_without_repeating_metrics(tmp_path: Path):
+    recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "0.01s"', "[lora]\ndropout = 0.1")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_train("--config", str(recipe), "--output-dir", str(whole), "--max-steps", "6")[0].returncode == 0
+    first, _ = run_train("--config", str(recipe), "--output-dir", str(split), "--max-steps", "3")
+    assert first.returncode == 0, first.stderr
+    assert [p.name for p in sorted((split / "checkpoints").iterdir())] == ["step-0000002", "step-0000003"]
+    (split / "checkpoints" / "step-0000003" / "adapter" / "adapter_model.safetensors").write_bytes(b"torn")
+    second, _ = run_train("--resume", str(split), "--max-steps", "6")
+    assert second.returncode == 0, second.stderr
+    assert "step-0000003 is damaged" in second.stderr and "resumed     from step-0000002" in second.stderr
+    assert summary(split)["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # step 3, trained twice, is logged once
+    a = load_file(whole / "adapter" / "adapter_model.safetensors")
+    b = load_file(split / "adapter" / "adapter_model.safetensors")
+    for key in a:  # the older checkpoint restored weights, optimizer and RNG together
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
+def test_a_crash_is_recorded_in_the_summary_and_the_ledger(tmp_path: Path):
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.toml")
+    assert run_train("--config", str(recipe), "--output-dir", str(run), "--max-steps", "1")[0].returncode == 0
+    shutil.rmtree(run / "checkpoints")
+    (run / "checkpoints").write_text("")  # the next checkpoint cannot be written: the run crashes
+    proc, _ = run_train("--resume", str(run), "--max-steps", "3")
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    s = summary(run)
+    assert s["stop_reason"] == "crashed" and s["exit_code"] == 1 and s["attempts"] == 2
+    assert json.loads((run / "ledger.json").read_text())["attempts"][-1]["end"] == "crashed"
+
+
+def test_kill_9_is_recorded_as_killed_by_the_next_attempt(tmp_path: Path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd("--config", str(write_recipe(tmp_path / "r.toml")), "--output-dir", str(run)),
+                            cwd=REPO, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (run / "checkpoints" / "step-0000001").exists(), proc)
+    proc.kill()
+    proc.wait()
+    resumed, _ = run_train("--resume", str(run), "--max-steps", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    ends = [a["end"] for a in json.loads((run / "ledger.json").read_text())["attempts"]]
+    assert ends == ["killed", "max_steps"]
+
+
+def test_a_signal_before_training_has_its_own_exit_code(tmp_path: Path):
+    proc, run, started = start(tmp_path, budget="5m")
+    wait_for(lambda: (run / "ledger.json").exists(), proc)  # the run has begun: loading the model
+    proc.send_signal(signal.SIGTERM)
+    code, err, _ = finish(proc, started)
+    assert code == 6, err
+    assert "no adapter was saved" in err
+    s = summary(run)
+    assert s["stop_reason"] == "signal_before_training" and s["steps"] == 0 and s["adapter"] is None
+
+
+def test_max_steps_under_the_budget_clock_brings_the_rate_to_its_floor(tmp_path: Path):
+    recipe = write_recipe(tmp_path / "r.toml", "min_lr_ratio = 0.1")
+    recipe.write_text(recipe.read_text().replace('schedule = "constant"', 'schedule = "cosine"'))
+    run = tmp_path / "run"
+    proc, _ = run_train("--config", str(recipe), "--output-dir", str(run), "--max-steps", "6")
+    assert proc.returncode == 0, proc.stderr
+    rates = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the step limit is reached long before the track's 24-hour budget, so it sets the progress
+    assert rates == pytest.approx([1e-3 * lr_factor(step / 6, 0.0, 0.1, "cosine") for step in range(6)])
+
+
+def test_the_cpu_track_hides_cuda_devices(tmp_path: Path):
+    from train.rules import hide_gpus
+
+    tracks = load_rules().tracks
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    assert hide_gpus(tracks["cpu"], env) and env["CUDA_VISIBLE_DEVICES"] == ""
+    env = {"CUDA_VISIBLE_DEVICES": "0"}
+    assert not hide_gpus(tracks["a100-40gb"], env) and env["CUDA_VISIBLE_DEVICES"] == "0"
+    run = tmp_path / "run"
+    proc, _ = run_train("--config", str(write_recipe(tmp_path / "r.toml")), "--track", "cpu", "--output-dir", str(run),
+                        "--max-steps", "1", env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert summary(run)["device"] == "cpu"
