@@ -26,7 +26,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-CONTEXT_WINDOW = 2048
+from train.rules import load_rules
+
+CONTEXT_WINDOW = load_rules().max_total_tokens  # budget.toml: prompt + completion
 DEFAULT_CONCURRENCY = 30
 DEFAULT_TIMEOUT_S = 3000.0  # the judges' client allowed up to 3000 s
 
