@@ -3,7 +3,8 @@
 It answers POST /process with the completion the answers file gives for the prompt's evaluation
 instance (the last `Z<n>Z` marker in the prompt; markers survive HELM's perturbations), else with
 `--default`; /tokenize counts whitespace-separated words. `--die-after N` makes the process exit at once
-(no response) on the (N+1)-th /process request: a server that dies in the middle of an evaluation.
+(no response) on the (N+1)-th /process request: a server that dies in the middle of an evaluation;
+`--slow-after N` delays every answer after the N-th by a second: a run still busy when it is stopped.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import uvicorn
@@ -19,7 +21,7 @@ from fastapi import FastAPI
 MARKER = re.compile(r"z(\d+)z", re.IGNORECASE)
 
 
-def make_app(answers: dict[str, str], default: str, die_after: int | None) -> FastAPI:
+def make_app(answers: dict[str, str], default: str, die_after: int | None, slow_after: int | None) -> FastAPI:
     app = FastAPI()
     served = [0]
 
@@ -28,6 +30,8 @@ def make_app(answers: dict[str, str], default: str, die_after: int | None) -> Fa
         if die_after is not None and served[0] >= die_after:
             os._exit(3)
         served[0] += 1
+        if slow_after is not None and served[0] > slow_after:
+            time.sleep(1.0)
         markers = MARKER.findall(body["prompt"])
         text = answers.get(markers[-1], default) if markers else default
         return {"text": text, "tokens": [{"text": text, "logprob": 0.0, "top_logprob": {text: 0.0}}],
@@ -46,9 +50,11 @@ def main() -> None:
     parser.add_argument("--answers", type=Path, help="JSON {marker number: completion}")
     parser.add_argument("--default", default=" A")
     parser.add_argument("--die-after", type=int)
+    parser.add_argument("--slow-after", type=int)
     args = parser.parse_args()
     answers = json.loads(args.answers.read_text()) if args.answers else {}
-    uvicorn.run(make_app(answers, args.default, args.die_after), host="127.0.0.1", port=args.port, log_level="warning")
+    app = make_app(answers, args.default, args.die_after, args.slow_after)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
@@ -59,7 +65,7 @@ class Oracle:
     """Start the oracle as a real process for a test: `with Oracle(tmp_path, answers) as url: ...`."""
 
     def __init__(self, folder: Path, answers: dict[str, str] | None = None, default: str = " A",
-                 die_after: int | None = None) -> None:
+                 die_after: int | None = None, slow_after: int | None = None) -> None:
         import socket
 
         with socket.socket() as s:
@@ -72,6 +78,8 @@ class Oracle:
             self.args += ["--answers", str(path)]
         if die_after is not None:
             self.args += ["--die-after", str(die_after)]
+        if slow_after is not None:
+            self.args += ["--slow-after", str(slow_after)]
 
     def __enter__(self) -> str:
         import subprocess

@@ -228,6 +228,35 @@ def test_a_server_dying_after_the_first_scenario_keeps_it_and_the_earlier_result
     assert after["Held-out - EM"] == ("held_out", 0.375, 99)  # and so does the one never reached
 
 
+def test_ctrl_c_during_a_run_keeps_the_finished_scenario_and_the_earlier_results(tmp_path):
+    import signal
+    import time
+
+    from tests.oracle_server import Oracle
+
+    db = tmp_path / "results.sqlite"
+    Store(db).replace_entry("tuned", "local", EARLIER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    with Oracle(tmp_path, slow_after=3) as url:  # quick_mc's 3 requests at once, then a second each
+        run = subprocess.Popen([sys.executable, "-m", "eval", "run", "--server", url, "--name", "tuned",
+                                "--scenarios", "quick_mc,quick_qa,held_out", "--limit", "1", "--concurrency", "1",
+                                "--db", str(db), "--out", str(tmp_path / "out")],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        printed = []
+        for line in run.stdout:  # until quick_qa has started
+            printed.append(line)
+            if line.startswith("[2/3] quick_qa"):
+                break
+        time.sleep(1.5)
+        run.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        printed.append(run.communicate(timeout=60)[0])
+    assert run.returncode != 0 and "KeyboardInterrupt" in "".join(printed)
+    after = stored(db, "tuned")
+    assert after["Quick MC - EM"][2] == 3, "".join(printed)  # finished before the interrupt: recorded
+    assert after["Quick QA - EM"] == ("quick_qa", 0.25, 99)  # interrupted: its earlier result stays
+    assert after["Held-out - EM"] == ("held_out", 0.375, 99)
+
+
 # --- the leaderboard command ----------------------------------------------------------------------
 
 @pytest.fixture
