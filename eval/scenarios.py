@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,6 +88,14 @@ def helm_sample(instances: list[Instance], n: int) -> tuple[Instance, ...]:
 
 def per_task(budget: int, tasks: int) -> int:
     return max(1, math.ceil(budget / max(tasks, 1)))
+
+
+def run_budget(budget: Budget, judges: int | None, runs: int) -> int:
+    """One run's max_eval_instances: the judges' for that run, unless `--budget` spreads a total over the
+    scenario's runs (no judges' figure and no total: every instance)."""
+    if budget is not None:
+        return per_task(budget, runs)
+    return judges if judges is not None else sys.maxsize
 
 
 # ---- building tasks ---------------------------------------------------------------------------------
@@ -235,7 +245,7 @@ def mmlu(group: str, budgets: dict[str, int] | None) -> Callable[[Path, Budget],
             raise MissingData(f"no MMLU subject files (<split>/<subject>_<split>.csv) under {folder}")
         specs = []
         for s in subjects:
-            n = per_task(budget, len(subjects)) if budget or not budgets else budgets[s]
+            n = run_budget(budget, budgets[s] if budgets else None, len(subjects))
             fmt = mc_format(f"{MC_INSTRUCTIONS[:-1]} about {s.replace('_', ' ')}.")
             task = run_task(f"mmlu_{s}", f"{group} - EM", fmt, sources.mmlu(folder, s), 5, n, MC_GEN,
                             source=sources.note(folder))
@@ -313,7 +323,7 @@ def math_scenario(root: Path, budget: Budget) -> list[TaskSpec]:
         need(folder / f"{split}.jsonl", "competition_math's rows")
     return [
         run_task(f"math_{s}_level{lv}", "MATH (chain-of-thoughts) - Equivalent (chain of thought)", MATH_FORMAT,
-                 sources.math(folder, s, lv), 8, per_task(budget, len(MATH_BUDGETS)) if budget else n, MATH_GEN,
+                 sources.math(folder, s, lv), 8, run_budget(budget, n, len(MATH_BUDGETS)), MATH_GEN,
                  scoring="math_equiv", source=sources.note(folder))
         for (s, lv), n in MATH_BUDGETS.items()
     ]
@@ -365,8 +375,6 @@ def bigbench_split(instances: list[Instance]) -> Splits:
     """HELM's split of a BIG-bench task: shuffle with seed 0, then test and validation each take 20% of
     the examples (at least 16) from the end; the rest, in front, is the in-context pool. HELM evaluates
     the test and validation instances."""
-    import random
-
     instances = list(instances)
     random.Random(0).shuffle(instances)
     held = max(int(0.2 * len(instances)), BIGBENCH_MIN_TEST)
@@ -406,8 +414,8 @@ def bigbench(budgets: dict[str, int] | None, group: str) -> Callable[[Path, Budg
             )
         return [
             spec for e, p in paths.items()
-            for spec in bigbench_task_specs(p, e, group, budgets[e] if budgets and not budget
-                                            else per_task(budget or 1, len(paths) * len(BIGBENCH_SHOTS)))
+            for spec in bigbench_task_specs(
+                p, e, group, run_budget(budget, budgets[e] if budgets else None, len(paths) * len(BIGBENCH_SHOTS)))
         ]
 
     return build
