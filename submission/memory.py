@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -88,7 +89,14 @@ def plan(free_bytes: int, config, dtype: torch.dtype, settings: Settings, contex
 
 
 def free_bytes(device: torch.device) -> int:
-    """Memory the server may still take on `device` (for a CPU, the free physical memory)."""
+    """Memory the server may still take on `device`. For a CPU, the kernel's estimate of memory
+    available without swapping (free pages alone leave out the page cache, which holds the
+    weights file just read)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
