@@ -415,9 +415,10 @@ def summary(figures: dict) -> list[str]:
             lines.append(f"ratio ours / {label}: {figures['ours']['tokens_per_s'] / figures[key]['tokens_per_s']:.2f}x")
     if "ours" in figures:
         o = figures["ours"]
+        measured = "peak allocated" if figures["device"]["device"] != "cpu" else "process max RSS (not comparable)"
         lines.append(f"memory plan (train.plan): {o['plan_allocator_gib']:.2f} GiB in the allocator against "
-                     f"{o['peak_allocated_gib']:.2f} measured peak allocated; {o['plan_card_gib']:.2f} GiB on the card "
-                     "with the context and the paged optimizer state")
+                     f"{o['peak_allocated_gib']:.2f} GiB measured {measured}; {o['plan_card_gib']:.2f} GiB on the "
+                     "card with the context and the paged optimizer state")
     if "cap" in figures:
         c = figures["cap"]
         how = "enforced" if c["enforced"] else "compared, not enforced"
