@@ -98,3 +98,13 @@ def test_on_cuda_the_nf4_server_casts_the_adapter_and_the_merge_matches(tiny_mod
     assert quant == {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     reference = logits_of(nf4, ids).float()
     assert (logits_of(merged, ids).float() - reference).abs().max().item() < 0.05 * reference.abs().max().item()
+
+
+def test_a_training_run_publishes_its_base_quantization(tmp_path):
+    """`python -m train` (the embedded default, one step): its adapter says what it learned on."""
+    from tests.helpers import run_train
+
+    proc, _ = run_train("--max-steps", "1", "--output-dir", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for adapter in [tmp_path / "run" / "adapter", *(tmp_path / "run" / "checkpoints").glob("step-*/adapter")]:
+        assert json.loads((adapter / BASE_QUANTIZATION).read_text())["bnb_4bit_quant_type"] == "nf4"
