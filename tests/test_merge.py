@@ -21,7 +21,7 @@ PROMPT = "Question: Which number is the largest? A. 12 B. 47 C. 3\nAnswer:"
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
-    """(adapter folder, input ids, logits of the NF4 + LoRA model that trained it)."""
+    """(adapter folder, input ids, logits of the NF4 + LoRA model that trained it, that model)."""
     recipe = parse_recipe({"model": {"compute_dtype": "fp32"}, "lora": {"r": 8, "alpha": 16},
                            "data": [{"kind": "generated", "name": "mc_largest", "max_examples": 8}]})
     model = load_model(recipe)
@@ -36,7 +36,7 @@ def trained(tiny_model, tmp_path_factory):
         logits = model(ids).logits
     folder = tmp_path_factory.mktemp("run") / "adapter"
     save_adapter(model, folder)
-    return folder, ids, logits
+    return folder, ids, logits, model
 
 
 def logits_of(model, ids):
@@ -51,7 +51,7 @@ def test_adapter_records_the_quantization_it_was_trained_on(trained):
 
 
 def test_merged_server_model_equals_the_trained_nf4_lora_model(tiny_model, trained):
-    adapter, ids, expected = trained
+    adapter, ids, expected, _ = trained
     merged, _, quant = load(Settings(model=str(tiny_model), adapter=str(adapter), quant="fp32"))
     assert quant == "fp32" and not hasattr(merged, "peft_config")
     error = (logits_of(merged, ids) - expected).abs().max().item()
@@ -66,7 +66,7 @@ def test_merged_server_model_equals_the_trained_nf4_lora_model(tiny_model, train
 
 
 def test_nf4_server_keeps_the_adapter_beside_the_trained_base(tiny_model, trained):
-    adapter, ids, expected = trained
+    adapter, ids, expected, _ = trained
     model, _, quant = load(Settings(model=str(tiny_model), adapter=str(adapter), quant="nf4"))
     assert quant == "nf4" and hasattr(model, "peft_config")
     assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}  # the CPU's compute dtype
@@ -88,7 +88,7 @@ def test_nf4_server_computes_in_the_rules_dtype_not_the_configs(tiny_model, tmp_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_nf4_server_casts_the_adapter_and_the_merge_matches(tiny_model, trained):
-    adapter, _, _ = trained
+    adapter = trained[0]
     ids = trained[1].cuda()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     nf4, _, _ = load_trained(str(tiny_model), adapter, "nf4", "sdpa")
@@ -100,11 +100,13 @@ def test_on_cuda_the_nf4_server_casts_the_adapter_and_the_merge_matches(tiny_mod
     assert (logits_of(merged, ids).float() - reference).abs().max().item() < 0.05 * reference.abs().max().item()
 
 
-def test_a_training_run_publishes_its_base_quantization(tmp_path):
-    """`python -m train` (the embedded default, one step): its adapter says what it learned on."""
-    from tests.helpers import run_train
+def test_training_checkpoints_and_the_published_adapter_record_it(trained, tmp_path):
+    """The training run's own save paths (train.checkpoint) write the file beside peft's."""
+    from train.checkpoint import save_checkpoint, save_final_adapter
 
-    proc, _ = run_train("--max-steps", "1", "--output-dir", str(tmp_path / "run"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    for adapter in [tmp_path / "run" / "adapter", *(tmp_path / "run" / "checkpoints").glob("step-*/adapter")]:
+    model = trained[3]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    checkpoint = save_checkpoint(tmp_path, model, optimizer, {"step": 1})
+    save_final_adapter(tmp_path, model)
+    for adapter in (checkpoint / "adapter", tmp_path / "adapter"):
         assert json.loads((adapter / BASE_QUANTIZATION).read_text())["bnb_4bit_quant_type"] == "nf4"
