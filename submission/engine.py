@@ -272,15 +272,16 @@ class Engine:
     def _shed(self, error: torch.OutOfMemoryError) -> None:
         """Out of device memory: drop the prefix cache and the batch, lower the batch bound to
         SHED of what was in use, and queue the requests in hand again, first, from their prompts
-        (a greedy or seeded answer comes out the same). A lone request that no longer fits fails."""
+        (a greedy or seeded answer comes out the same). Once the bound is down to one context,
+        there is nothing left to shed: the requests in hand fail."""
         jobs = [job for job in self.admitting + self.rows if not job.future.done()]
         in_use = len(jobs) * (max(job.extent for job in jobs) + SPARE) if jobs else self.batch_tokens
         self._set_batch([], [])
         self.prefixes.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        if len(jobs) <= 1 and self.batch_tokens <= self.context:
-            log.error("out of memory with one request in hand; failing it")
+        if self.batch_tokens <= self.context:
+            log.error("out of memory with the batch bound at one context; failing %d requests", len(jobs))
             for job in jobs:
                 fail(job, error)
             return
