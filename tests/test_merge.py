@@ -110,3 +110,11 @@ def test_training_checkpoints_and_the_published_adapter_record_it(trained, tmp_p
     save_final_adapter(tmp_path, model)
     for adapter in (checkpoint / "adapter", tmp_path / "adapter"):
         assert json.loads((adapter / BASE_QUANTIZATION).read_text())["bnb_4bit_quant_type"] == "nf4"
+
+
+def test_a_damaged_base_quantization_file_is_named(tiny_model, trained, tmp_path):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(trained[0], adapter)
+    (adapter / BASE_QUANTIZATION).write_text('{"load_in_4bit": tru')
+    with pytest.raises(ValueError, match=f"{BASE_QUANTIZATION}: not a bitsandbytes quantization config"):
+        load_trained(str(tiny_model), adapter, "fp32", "sdpa")
