@@ -13,6 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -220,7 +221,7 @@ def test_the_hub_token_is_a_buildkit_secret_of_the_download_step_only():
     text = (REPO / "Dockerfile").read_text()
     hub_step = next(line for line in text.splitlines() if line.startswith("RUN ") and "fetch_model.py hub" in line)
     assert "--mount=type=secret,id=hf_token" in hub_step and "HF_TOKEN_PATH=/run/secrets/hf_token" in hub_step
-    instructions = [line for line in text.splitlines() if line.startswith(("ARG ", "ENV ")) or line.startswith("    ")]
+    instructions = [line for line in text.splitlines() if line.startswith(("ARG ", "ENV ", "    "))]
     assert not [line for line in instructions if "TOKEN" in line.upper()]  # build args and env stay in the image
 
 
@@ -233,7 +234,7 @@ def test_missing_default_model_folder_names_the_download(tmp_path):
 class GatedHub(BaseHTTPRequestHandler):
     """The hub's answer to an anonymous or unauthorised request for a gated model."""
 
-    tokens: list[str | None] = []
+    tokens: ClassVar[list[str | None]] = []
 
     def do_GET(self):  # the name http.server calls
         GatedHub.tokens.append(self.headers.get("Authorization"))
