@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -99,3 +100,18 @@ def test_unreachable_server_fails_clearly_and_records_nothing(tmp_path, capsys):
     assert code == 1
     assert "scenario quick_mc: ServerError: request 0 (task quick_mc_" in out and "unreachable" in out
     assert not db.exists() or rows(db, "down") == {}
+
+
+def test_hidden_round_from_the_judges_files(tiny_model, tmp_path):
+    """A data root holding the fork's files (our small ones, under the fork's names) runs through lm-eval:
+    lm-eval sends the prompts the fork builds for the same instances (HELM's seed-0 draw of 2 is the first 2
+    of its draw of 3, the golden's), and the scenario's metrics are recorded."""
+    helm = Path(__file__).parent / "fixtures" / "helm"
+    db, out = tmp_path / "results.sqlite", tmp_path / "out"
+    assert cli(["run", "--model", str(tiny_model), "--name", "hidden", "--scenarios", "ethics_justice",
+                "--budget", "ethics_justice=2", "--data", str(helm / "data"), "--db", str(db), "--out", str(out)]) == 0
+    assert set(rows(db, "hidden")) == {"ethics_justice - EM", "ethics_justice - EM (Robustness)",
+                                      "ethics_justice - EM (Fairness)"}
+    golden = json.loads((helm / "prompts" / "ethics_justice.json").read_text())["requests"]
+    sent = [json.loads(line) for line in (out / "ethics_justice_samples.jsonl").read_text().splitlines()]
+    assert [s["arguments"][0][0] for s in sent if s["task"] == "ethics_justice"] == [r["prompt"] for r in golden[:2]]
