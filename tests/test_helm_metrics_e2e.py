@@ -60,3 +60,34 @@ def test_oracle_completions_score_exactly_what_helm_computes(tmp_path):
     for metric, values in expected.items():
         assert results[f"Oracle - {metric}"].value == pytest.approx(sum(values) / len(values), rel=1e-12, abs=0)
         assert results[f"Oracle - {metric}"].instances == len(values)
+
+
+def test_math_run_through_the_cli_scores_what_helm_computes(tmp_path, capsys):
+    """`python -m eval run --scenarios math` on competition_math rows: the metric recorded is the mean of
+    the fork's per-instance values (before the fix every answer scored 0: the gold was the whole solution)."""
+    import sqlite3
+
+    from eval.__main__ import main as eval_cli
+
+    # Every MATH case whose gold solution has a boxed answer (one without is not a valid MATH row).
+    cases = [(n, c) for n, c in enumerate(CASES)
+             if c["metric"] == "math_equiv_chain_of_thought" and "\\boxed{" in c["golds"][0]]
+    folder = tmp_path / "data" / "math"
+    folder.mkdir(parents=True)
+
+    def row(problem: str, solution: str) -> str:
+        return json.dumps({"problem": problem, "level": "Level 1", "type": "Number Theory", "solution": solution})
+
+    (folder / "train.jsonl").write_text("".join(row(f"What is {k} + {k}?", f"It is $\\boxed{{{2 * k}}}$.") + "\n"
+                                                for k in range(1, 9)))
+    (folder / "test.jsonl").write_text("".join(row(f"Problem Z{n}Z: {c['note']}", c["golds"][0]) + "\n"
+                                               for n, c in cases))
+    db = tmp_path / "results.sqlite"
+    with Oracle(tmp_path, {str(n): c["completion"] for n, c in cases}) as url:
+        assert eval_cli(["run", "--server", url, "--name", "oracle", "--scenarios", "math", "--data",
+                         str(tmp_path / "data"), "--db", str(db), "--out", str(tmp_path / "out")]) == 0
+    with sqlite3.connect(db) as conn:
+        ((value, instances),) = conn.execute("SELECT value, instances FROM results WHERE entry = 'oracle'")
+    helm = [c["helm"] for _, c in cases]
+    assert instances == len(helm) and 0 < sum(helm) < len(helm)
+    assert value == pytest.approx(sum(helm) / len(helm), rel=1e-12, abs=0)
