@@ -69,7 +69,7 @@ def test_math_run_through_the_cli_scores_what_helm_computes(tmp_path, capsys):
 
     from eval.__main__ import main as eval_cli
 
-    # Every MATH case whose gold solution has a boxed answer (one without is not a valid MATH row).
+    # The MATH cases whose gold solution has a boxed answer, as every competition_math solution does.
     cases = [(n, c) for n, c in enumerate(CASES)
              if c["metric"] == "math_equiv_chain_of_thought" and "\\boxed{" in c["golds"][0]]
     folder = tmp_path / "data" / "math"
