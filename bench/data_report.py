@@ -1,8 +1,9 @@
 """Data report speed at growing mix sizes: is its cost linear in records?
 
 The project generates everything: an evaluation data root holding every scenario of the open and hidden
-sets at about its real test-set size (MMLU 14,042 questions, BIG-bench's 30 entries, BBQ, GSM8K, MATH,
-sam_sum, corr2cause, the five ETHICS sets: about 120,000 instances in all), and training mixes of
+sets in the judges' file formats at about its real size (MMLU's 55 subjects, TruthfulQA, GSM8K, BBQ, the
+31 BIG-bench entries, SAMSum, MATH, corr2cause, the five ETHICS sets; CNN/DailyMail, scored but not ranked,
+is left out), and training mixes of
 10k, 50k and 200k records of about 300 tokens (prompt + response under the embedded tokenizer) in
 English-like text. Each mix has planted cases: 1% exact duplicates, 1% near duplicates (one word
 changed) and 0.5% records carrying 13 words of an evaluation instance, and the bench checks that the
@@ -11,13 +12,15 @@ report finds at least those.
 For each size it times the whole report (`train.curation.curate` with every check, then the report's
 tables and packing efficiency; the records are read from a JSONL file) and, separately, the dedup pass
 (`train.dedup.find_duplicates` on the records' word ids). It prints records/s and the ratio of each
-size's rate to the smallest size's, measured in the same run: 1.0 means linear cost.
+size's rate to the smallest size's, measured in the same run: 1.0 means linear cost. Rates are given by
+wall clock and by the process's CPU time (all threads), which machine load disturbs less.
 
     nice python bench/data_report.py [--sizes 10000,50000,200000] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import random
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 from train import data_report
+from train.contamination import load_eval_sets
 from train.curation import curate
 from train.data import render_sources
 from train.dedup import find_duplicates
@@ -35,23 +39,10 @@ from train.recipe import load_recipe
 from train.words import Vocabulary
 
 REPO = Path(__file__).resolve().parent.parent
-# Test-set sizes close to the real ones (instances per file); BIG-bench entries get 500 examples each,
-# of which HELM's split evaluates 40%.
-JSONL_SCENARIOS = {
-    "mmlu": ("mc", 40, [("abstract_algebra", 14_042)]),
-    "truthful_qa": ("mc", 12, [("mc", 817)]),
-    "gsm8k": ("gsm", 46, [("main", 1_319)]),
-    "bbq": ("mc", 30, [("all", 58_492)]),
-    "sam_sum": ("summary", 90, [("dialogues", 819)]),
-    "corr2cause": ("mc", 60, [("test", 1_162)]),
-    "math": ("math", 30, [("all", 5_000)]),
-    "ethics_justice": ("mc", 20, [("test", 2_704)]),
-    "ethics_commonsense": ("mc", 60, [("test", 3_885)]),
-    "ethics_virtue": ("mc", 15, [("test", 4_975)]),
-    "ethics_deontology": ("mc", 18, [("test", 3_596)]),
-    "ethics_utilitarianism": ("mc", 25, [("test", 4_808)]),
-}
-BIGBENCH_EXAMPLES = 500
+BIGBENCH_EXAMPLES = 500  # per BIG-bench entry; HELM's split evaluates 40% of them
+SUMMARY_ROWS = 819  # SAMSum's test set
+CSV_ROWS = {"corr2cause.csv": 5_000, "justice_hard.csv": 2_704, "commonsense_hard.csv": 3_885,
+            "virtue.csv": 4_975, "deontology.csv": 3_596, "util.csv": 4_808}
 
 
 class Lexicon:
@@ -68,37 +59,63 @@ class Lexicon:
         return self.rng.choices(self.words, cum_weights=self.cumulative, k=n)
 
 
-def write_eval_root(root: Path, lex: Lexicon) -> list[str]:
-    """Every scenario's test file; returns the instances' inputs (to plant contamination from)."""
-    from eval.scenarios import BIGBENCH_TASKS
+def write_eval_root(root: Path, lex: Lexicon) -> None:
+    """Every scenario's files in the judges' formats (eval/sources.py), at about the real sizes."""
+    from eval.scenarios import BIGBENCH_TASKS, MMLU_BUDGETS
+    from eval.sources import BBQ_CATEGORIES, MATH_SUBJECTS
 
-    inputs: list[str] = []
-    for folder, (kind, words, files) in JSONL_SCENARIOS.items():
-        (root / folder).mkdir(parents=True)
-        for name, count in files:
-            rows = []
-            for _ in range(count):
-                question = " ".join(lex.text(lex.rng.randint(words // 2, words * 3 // 2)))
-                inputs.append(question)
-                if kind == "mc":
-                    rows.append({"question": question, "choices": [" ".join(lex.text(3)) for _ in range(4)], "answer": 1})
-                elif kind == "gsm":
-                    rows.append({"question": question, "answer": " ".join(lex.text(50)) + " #### 12"})
-                elif kind == "summary":
-                    rows.append({"document": question, "summary": " ".join(lex.text(25))})
-                else:
-                    rows.append({"problem": question, "solution": " ".join(lex.text(60)) + " \\boxed{3}"})
-            (root / folder / f"{name}.test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def say(low: int, high: int) -> str:
+        return " ".join(lex.text(lex.rng.randint(low, high)))
+
+    def write_csv(path: Path, header: list[str] | None, rows: list[list[str]], delimiter: str = ",") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter=delimiter)
+            writer.writerows(([header] if header else []) + rows)
+
+    def write_jsonl(path: Path, rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    for subject in MMLU_BUDGETS:  # 55 subjects x 255: about MMLU's 14,042 test questions
+        write_csv(root / "mmlu" / "test" / f"{subject}_test.csv", None,
+                  [[say(10, 60), *(" ".join(lex.text(3)) for _ in range(4)), "B"] for _ in range(255)])
+    write_csv(root / "truthful_qa" / "TruthfulQA.csv",
+              ["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers", "Source"],
+              [["Adversarial", "Misc", say(6, 18), "best answer", "best answer", "wrong one; wrong two", "x"]
+               for _ in range(817)])
+    for split, count in (("train", 100), ("test", 1_319)):
+        write_jsonl(root / "gsm8k" / f"gsm_data_{split}",
+                    [{"question": say(25, 70), "answer": " ".join(lex.text(50)) + " #### 12"} for _ in range(count)])
+    for category in BBQ_CATEGORIES:  # about BBQ's 58,492 lines; the fork evaluates the last 1,000 after a shuffle
+        write_jsonl(root / "bbq" / f"{category}.jsonl",
+                    [{"context": say(20, 50), "question": "Who was it?", "ans0": "the first", "ans1": "the second",
+                      "ans2": "unknown", "label": 2} for _ in range(5_317)])
+    write_csv(root / "sam_sum" / "samsum.tsv", ["id", "dialogue", "summary"],
+              [[str(i), say(60, 150), " ".join(lex.text(25))] for i in range(SUMMARY_ROWS)], delimiter="\t")
+    for folder, file, columns in (("corr2cause", "corr2cause.csv", ["label", "input"]),
+                                  ("ethics_justice", "justice_hard.csv", ["label", "scenario"]),
+                                  ("ethics_commonsense", "commonsense_hard.csv", ["label", "input", "is_short", "edited"]),
+                                  ("ethics_virtue", "virtue.csv", ["label", "scenario"]),
+                                  ("ethics_deontology", "deontology.csv", ["label", "scenario", "excuse"]),
+                                  ("ethics_utilitarianism", "util.csv", ["scenario_1", "scenario_2", "label"])):
+        rows = []
+        for _ in range(CSV_ROWS[file]):
+            row = {"label": "1", "input": say(15, 80), "is_short": "False", "edited": "False",
+                   "scenario": say(10, 40) + (" [SEP] kind" if file == "virtue.csv" else ""),
+                   "excuse": say(8, 20), "scenario_1": say(10, 30), "scenario_2": say(10, 30)}
+            rows.append([row[c] for c in columns])
+        write_csv(root / folder / file, columns, rows)
+    for split, count in (("train", 500), ("test", 5_000)):
+        write_jsonl(root / "math" / f"{split}.jsonl",
+                    [{"problem": say(15, 60), "level": f"Level {lex.rng.choice('12345')}",
+                      "type": lex.rng.choice(list(MATH_SUBJECTS.values())),
+                      "solution": " ".join(lex.text(60)) + " \\boxed{3}"} for _ in range(count)])
     for entry in BIGBENCH_TASKS:
-        examples = []
-        for _ in range(BIGBENCH_EXAMPLES):
-            question = " ".join(lex.text(lex.rng.randint(15, 60)))
-            inputs.append(question)
-            examples.append({"input": question, "target_scores": {"yes": 1, "no": 0}})
+        examples = [{"input": say(15, 60), "target_scores": {"yes": 1, "no": 0}} for _ in range(BIGBENCH_EXAMPLES)]
         (root / "bigbench" / entry).mkdir(parents=True)
         (root / "bigbench" / entry / "task.json").write_text(
             json.dumps({"metrics": ["multiple_choice_grade"], "examples": examples}))
-    return inputs
 
 
 def write_mix(path: Path, count: int, lex: Lexicon, eval_inputs: list[str]) -> dict[str, int]:
@@ -139,8 +156,11 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-data-report-") as tmp:
         work = Path(tmp)
-        eval_inputs = write_eval_root(work / "eval-data", lex)
-        print(f"eval data: {len(eval_inputs):,} generated instances over every open and hidden scenario", flush=True)
+        write_eval_root(work / "eval-data", lex)
+        eval_sets, skipped = load_eval_sets(work / "eval-data")  # contamination is planted from evaluated instances
+        eval_inputs = [text for eval_set in eval_sets for text in eval_set.instances]
+        print(f"eval data: {len(eval_inputs):,} evaluation instances in {len(eval_sets)} scenarios "
+              f"(without data: {', '.join(name for name, _ in skipped) or 'none'})", flush=True)
         for size in sizes:
             planted = write_mix(work / "mix.jsonl", size, lex, eval_inputs)
             (work / "recipe.toml").write_text(
@@ -149,32 +169,35 @@ def main() -> int:
             recipe = load_recipe(work / "recipe.toml")
             recipe.train.max_seq_len = 512
             tokenizer = load_tokenizer(recipe.model.base)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             findings = curate(recipe, tokenizer, render_sources(recipe), full=True)
             report = data_report.build(recipe, findings)
-            report_s = time.perf_counter() - started
+            report_s, report_cpu = time.perf_counter() - started, time.process_time() - cpu
             vocab = Vocabulary()
             ids = [vocab.encode(f"{p} {r}") for p, r in findings.sources[0].pairs]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             find_duplicates(ids)
-            dedup_s = time.perf_counter() - started
+            dedup_s, dedup_cpu = time.perf_counter() - started, time.process_time() - cpu
             mix = report["mix"]
             found = {"exact": mix["duplicates_exact"], "near": mix["duplicates_near"], "contaminated": mix["contaminated"]}
             if any(found[k] < planted[k] for k in planted):
                 print(f"error: planted {planted}, found {found}", file=sys.stderr)
                 return 1
-            row = {"records": size, "mean_tokens": round(mix["tokens"] / size, 1), "report_s": round(report_s, 1),
-                   "report_records_per_s": round(size / report_s), "dedup_s": round(dedup_s, 1),
-                   "dedup_records_per_s": round(size / dedup_s), "planted": planted, "found": found}
+            row = {"records": size, "mean_tokens": round(mix["tokens"] / size, 1),
+                   "report_s": round(report_s, 1), "report_cpu_s": round(report_cpu, 1),
+                   "dedup_s": round(dedup_s, 1), "dedup_cpu_s": round(dedup_cpu, 1), "planted": planted, "found": found}
             results.append(row)
-            print(f"{size:>8,} records (~{row['mean_tokens']:.0f} tokens): report {report_s:7.1f} s "
-                  f"{row['report_records_per_s']:>7,} records/s; dedup pass {dedup_s:6.1f} s "
-                  f"{row['dedup_records_per_s']:>7,} records/s; planted {planted}, found {found}", flush=True)
+            print(f"{size:>8,} records (~{row['mean_tokens']:.0f} tokens): report {report_s:6.1f} s wall "
+                  f"({size / report_s:5,.0f} records/s), {report_cpu:6.1f} s CPU ({size / report_cpu:5,.0f}/s); "
+                  f"dedup pass {dedup_s:5.1f} s wall ({size / dedup_s:5,.0f}/s), {dedup_cpu:5.1f} s CPU "
+                  f"({size / dedup_cpu:5,.0f}/s); planted {planted}, found {found}", flush=True)
     base = results[0]
     for row in results:
-        print(f"rate at {row['records']:>7,} / rate at {base['records']:,}: report "
-              f"{row['report_records_per_s'] / base['report_records_per_s']:.2f}, dedup "
-              f"{row['dedup_records_per_s'] / base['dedup_records_per_s']:.2f}  (1.00 = linear cost)")
+        ratio = {k: (row["records"] / row[k]) / (base["records"] / base[k])
+                 for k in ("report_s", "report_cpu_s", "dedup_s", "dedup_cpu_s")}
+        print(f"rate at {row['records']:>7,} / rate at {base['records']:,}: report {ratio['report_s']:.2f} wall, "
+              f"{ratio['report_cpu_s']:.2f} CPU; dedup {ratio['dedup_s']:.2f} wall, {ratio['dedup_cpu_s']:.2f} CPU"
+              "  (1.00 = linear cost)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from pathlib import Path
 
 from train import data_report
@@ -110,13 +111,14 @@ def prepare(recipe: Recipe, tokenizer, report_dir: Path | None = None) -> tuple[
     """Batches for training, and what curation found. With `report_dir`, every check runs and the
     data report is written there; any contamination found is a warning, never a refusal."""
     t = recipe.train
+    started = time.monotonic()
     findings = curate(recipe, tokenizer, render_sources(recipe), full=report_dir is not None)
     examples = build_examples(recipe, tokenizer, findings)
     rows = pack(examples, t.max_seq_len) if t.packing else [[e] for e in examples]
     if len(rows) < t.micro_batch_size:
         raise RecipeError(f"only {len(rows)} rows of data for micro_batch_size {t.micro_batch_size}")
     if report_dir is not None:
-        data_report.write(data_report.build(recipe, findings), report_dir, findings)
+        data_report.write(data_report.build(recipe, findings, time.monotonic() - started), report_dir, findings)
     warning = data_report.contamination_warning(findings)
     if warning:
         print(warning, file=sys.stderr, flush=True)
