@@ -19,9 +19,6 @@ from pathlib import Path
 
 from eval.adapters import Instance
 
-csv.field_size_limit(1 << 24)  # SAMSum dialogues and CNN articles exceed csv's 128 KB default
-
-
 SOURCE_NOTE = "SOURCE"  # a file in a scenario's folder saying where its data came from, if not the judges' files
 
 
@@ -49,13 +46,11 @@ def numbered(train: list[Instance], evaluation: list[Instance]) -> Splits:
     return Splits(ids[: len(train)], ids[len(train):])
 
 
-def csv_rows(path: Path, columns: tuple[str, ...], delimiter: str = ",", header: bool = True
-             ) -> Iterator[tuple[int, list[str]]]:
-    """(line, row) for each record, every row checked to have exactly `columns`."""
+def csv_rows(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
+    """(line, row) for each record after the header row, every row checked to have exactly `columns`."""
     with open(path, encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        if header:
-            next(reader, None)
+        reader = csv.reader(f)
+        next(reader, None)
         start = reader.line_num + 1
         for row in reader:
             if len(row) != len(columns):

@@ -28,9 +28,10 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 BBQ_TEST_SIZE = 4
@@ -115,7 +116,7 @@ def apply_patches(case: Case, data: Path) -> Callable[[], None]:
         bbq.DEFAULT_TEST_SIZE = BBQ_TEST_SIZE
         undo.append(lambda: setattr(bbq, "DEFAULT_TEST_SIZE", old))
     if "math_data" in case.patches:
-        import helm.benchmark.scenarios.math_scenario as math_scenario
+        from helm.benchmark.scenarios import math_scenario
 
         def load_dataset(name, **_kwargs):
             assert name == "competition_math", name
@@ -130,7 +131,7 @@ def apply_patches(case: Case, data: Path) -> Callable[[], None]:
 
 def run_case(case: Case, data: Path, work: Path) -> list[dict]:
     """The requests the fork builds for `case` from our data under `data` (HELM's order)."""
-    import helm.benchmark.run_specs as run_specs
+    from helm.benchmark import run_specs
     from helm.benchmark.scenarios.scenario import create_scenario, with_instance_ids
 
     work.mkdir(parents=True, exist_ok=True)
