@@ -102,8 +102,8 @@ def as_markdown(rankings: list[Ranking], suite: str, title: str) -> str:
     for place, r in enumerate(rankings, start=1):
         cells = [str(place), r.entry, *(f"{scores(r)[c]:.3f}" for c in columns(suite))]
         lines.append(_markdown_row(cells))
-    lines += ["", "## Metric values", "", f"Each group's metrics as measured ({MISSING}: missing, ranked as 0, or as "
-              "1000 where lower is better; ↓: lower is better)."]
+    lines += ["", "## Metric values", "", (f"Each group's metrics as measured ({MISSING}: missing, ranked as 0, or "
+                                           "as 1000 where lower is better; ↓: lower is better).")]
     for group, header, rows in group_tables(rankings, suite):
         lines += ["", f"### {group}", "", _markdown_row(header),
                   "|" + "|".join("---" if c == "entry" else "---:" for c in header) + "|",

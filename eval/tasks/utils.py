@@ -79,8 +79,7 @@ _ROUGE = None
 
 def _without_braces(text: str) -> str:
     """HELM's summarization metric drops one leading "{" and one trailing "}" (SAMSum's dialogue markup)."""
-    text = text[1:] if text.startswith("{") else text
-    return text[:-1] if text.endswith("}") else text
+    return text.removeprefix("{").removesuffix("}")
 
 
 def rouge2(doc: dict, results: list[str]) -> dict[str, float]:

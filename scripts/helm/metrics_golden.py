@@ -118,8 +118,8 @@ CHOICE_CASES: list[tuple[str, list[str], int, str, str]] = [
     ("quasi_exact_match", ["The grandfather", "The grandson", "Can't be determined"], 2, " C", "BBQ: right"),
     ("quasi_exact_match", ["The grandfather", "The grandson", "Can't be determined"], 2, "c", "lower case: no option"),
     ("quasi_exact_match", ["The grandfather", "The grandson", "Can't be determined"], 2, "A", "BBQ: wrong"),
-    ("quasi_exact_match", ["Not enough info", "not enough info.", "The man"], 0, "B", "options equal up to "
-     "normalisation count"),
+    ("quasi_exact_match", ["Not enough info", "not enough info.", "The man"], 0, "B",
+     "options equal up to normalisation count"),
 ]
 
 
