@@ -160,6 +160,7 @@ def test_length_bounds_drop_by_characters_and_tokens(tmp_path: Path, tiny_model:
     ({"min_tokens": 50, "max_tokens": 10}, "curation.min_tokens = 50 is above curation.max_tokens = 10"),
     ({"max_chars": -1}, "curation.min_chars and curation.max_chars cannot be negative"),
     ({"dedupe": "near"}, "unknown key(s) in [curation]: dedupe"),
+    ({"eval_data": "/no/such/eval-data"}, "curation.eval_data: no folder /no/such/eval-data"),
 ])
 def test_bad_curation_options_name_the_key(table: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")

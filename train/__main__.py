@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_steps is not None:
             recipe.train.max_steps = args.max_steps
         if args.eval_data:
-            recipe.curation.eval_data = args.eval_data
+            if not Path(args.eval_data).is_dir():
+                raise RecipeError(f"--eval-data: no folder {args.eval_data}")
+            recipe.curation.eval_data = str(Path(args.eval_data).resolve())
         if args.data_report:
             from train import data_report
 

@@ -235,14 +235,22 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("train.schedule_clock = 'steps' needs train.max_steps")
     if not lora.targets:
         raise RecipeError("lora.targets is empty: name the projections to adapt")
-    _validate_curation(recipe.curation)
+    _validate_curation(recipe)
     if not recipe.data:
         raise RecipeError("no [[data]] sources: name at least one")
     for i, source in enumerate(recipe.data):
         _validate_source(recipe, source, f"data[{i}]")
 
 
-def _validate_curation(c: CurationSettings) -> None:
+def _validate_curation(recipe: Recipe) -> None:
+    c = recipe.curation
+    if c.eval_data:  # kept absolute, so a run folder's recipe.toml still names the same folder
+        path = Path(c.eval_data).expanduser()
+        if not path.is_absolute() and recipe.source_file:
+            path = Path(recipe.source_file).parent / path
+        if not path.is_dir():
+            raise RecipeError(f"curation.eval_data: no folder {path}")
+        c.eval_data = str(path.resolve())
     for unit in ("tokens", "chars"):
         low, high = getattr(c, f"min_{unit}"), getattr(c, f"max_{unit}")
         if low < 0 or high < 0:
