@@ -120,35 +120,35 @@ def memory_terms(shape: Shape, recipe: Recipe, on_gpu: bool) -> list[MemoryTerm]
     kv = h // shape.heads * shape.kv_heads
     if m.quantization == "nf4":
         bits = 4 + 8 / 64 + 32 / (64 * 256) if m.double_quant else 4 + 32 / 64
-        base = MemoryTerm("base weights", shape.linear_params() * bits / 8,
+        base = ("base weights", shape.linear_params() * bits / 8,
                           f"NF4, {bits:.3f} bits/weight with {'double' if m.double_quant else 'single'} quantization")
-        embed = MemoryTerm("embeddings + lm_head", shape.embedding_params() * 4.0, "fp32: upcast by peft's k-bit prep")
+        embed = ("embeddings + lm_head", shape.embedding_params() * 4.0, "fp32: upcast by peft's k-bit prep")
     else:
-        base = MemoryTerm("base weights", shape.linear_params() * 2.0, "bf16")
-        embed = MemoryTerm("embeddings + lm_head", shape.embedding_params() * 2.0, "bf16")
+        base = ("base weights", shape.linear_params() * 2.0, "bf16")
+        embed = ("embeddings + lm_head", shape.embedding_params() * 2.0, "bf16")
     n_lora = lora_params(shape, recipe)
     in_dims = [a_in for name, (a_in, _) in shape.proj_dims().items() if name in recipe.lora.targets]
     lora_inputs = sum(in_dims) if recipe.lora.dropout > 0 else 0
     per_layer = (2 * 2 * h * 4  # two RMSNorms: fp32 input and output
                  + (2 * (h + 2 * kv) + 2 * h + 4 * i + lora_inputs + len(in_dims) * recipe.lora.r) * a)
     if t.gradient_checkpointing:
-        kept = MemoryTerm("checkpointed layer inputs", tokens * h * 4.0 * layers, "fp32 residual stream, every layer")
-        recomputed = MemoryTerm("recomputed layer", tokens * per_layer, "one layer's intermediates in backward")
+        kept = ("checkpointed layer inputs", tokens * h * 4.0 * layers, "fp32 residual stream, every layer")
+        recomputed = ("recomputed layer", tokens * per_layer, "one layer's intermediates in backward")
     else:
-        kept = MemoryTerm("layer activations", tokens * per_layer * layers, "every layer's intermediates")
-        recomputed = MemoryTerm("recomputed layer", 0.0, "no gradient checkpointing")
+        kept = ("layer activations", tokens * per_layer * layers, "every layer's intermediates")
+        recomputed = ("recomputed layer", 0.0, "no gradient checkpointing")
     paged = t.optimizer.startswith("paged")
     terms = [
         base, embed,
-        MemoryTerm("LoRA weights + grads", n_lora * 8.0, "fp32"),
-        MemoryTerm("optimizer state", optimizer_state_bytes(shape, recipe),
+        ("LoRA weights + grads", n_lora * 8.0, "fp32"),
+        ("optimizer state", optimizer_state_bytes(shape, recipe),
                    ("8-bit" if t.optimizer.endswith("8bit") else "fp32") + (", paged: outside the allocator" if paged else "")),
         kept, recomputed,
-        MemoryTerm("logits + loss", tokens * shape.vocab * (a + 3 * 4.0), "logits, fp32 copy, log-softmax, its grad"),
+        ("logits + loss", tokens * shape.vocab * (a + 3 * 4.0), "logits, fp32 copy, log-softmax, its grad"),
     ]
     if on_gpu:
-        terms.append(MemoryTerm("CUDA context", CUDA_CONTEXT_GIB * 2**30, "driver and kernels: outside the allocator"))
-    return [MemoryTerm(term.name, term.gib / 2**30, term.note) for term in terms]
+        terms.append(("CUDA context", CUDA_CONTEXT_GIB * 2**30, "driver and kernels: outside the allocator"))
+    return [MemoryTerm(name, size / 2**30, note) for name, size, note in terms]
 
 
 def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
