@@ -97,10 +97,11 @@ def test_flattened_micro_batch_scores_as_if_each_example_ran_alone(tiny_model, t
     assert flat.shape == alone.shape == packed.shape
     torch.testing.assert_close(flat, alone, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-4)
-    # Without the restarting position ids the examples would see each other: the check can fail.
-    crossed = dict(flatten(batch), position_ids=torch.arange(2 * WIDTH).unsqueeze(0))
-    crossed = {k: v for k, v in crossed.items() if not k.startswith(("cu_seq", "max_length"))}
-    assert not torch.allclose(labelled_token_losses(model, crossed), alone, atol=1e-3)
+    # What flash-attention does with the two rows (the fault): restarting position ids, but plain
+    # causal attention over each whole row. An all-ones mask makes SDPA do the same: examples see
+    # their row's earlier examples and the losses move far from the examples' own.
+    crossed = labelled_token_losses(model, dict(batch, attention_mask=torch.ones_like(batch["input_ids"])))
+    assert (crossed - alone).abs().mean() > 0.1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None,
@@ -113,9 +114,9 @@ def test_flash_attention_two_rows_need_flattening(tiny_model, tokenizer, two_row
     alone = torch.cat([labelled_token_losses(model, collate([[e]], tokenizer.pad_token_id, packed=True))
                        for row in rows for e in row])
     flat = labelled_token_losses(model, flatten(batch))
-    torch.testing.assert_close(flat.cpu(), alone.cpu(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(flat, alone, atol=3e-2, rtol=3e-2)
     crossed = labelled_token_losses(model, batch)
-    assert (crossed - alone).abs().max() > 5e-2
+    assert (crossed - alone).abs().mean() > 0.1
     # train_step flattens on its own: its loss (lr 0, nothing moves) is the examples' mean loss alone.
     loss = train_step(model, make_optimizer(recipe(), model), [dict(batch)], 0.0, 0.0, torch.bfloat16)
-    assert abs(loss - alone.mean().item()) < 2e-2
+    assert abs(loss - alone.mean().item()) < 3e-2
