@@ -1,8 +1,9 @@
 """The training loop: optimizer steps until the budget, a step limit or an epoch limit ends it.
 
-Precision follows `Trainer(bf16=True)`: the forward pass runs under bf16 autocast (the LoRA layers,
-attention, norms and lm_head, which prepare_model_for_kbit_training leaves in fp32, compute in
-bf16; weights, gradients and the optimizer stay fp32), and fp32 matmuls may use TF32 on CUDA.
+Precision follows `Trainer(bf16=True)`: the forward pass runs under bf16 autocast, so the matmuls of
+the LoRA layers, attention and lm_head (which prepare_model_for_kbit_training leaves in fp32) run in
+bf16, while norms, the residual stream, weights, gradients and the optimizer stay fp32; the fp32
+matmuls left may use TF32 on CUDA.
 """
 from __future__ import annotations
 
