@@ -26,7 +26,8 @@ SCORE_KEYS = {"exact_match": "em", "quasi_exact_match": "em", "final_token": "em
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--server", metavar="URL", help="a server speaking the competition API")
+    target.add_argument("--server", metavar="URL[,URL...]",
+                        help="a server speaking the competition API (several: servers of one entry sharing the work)")
     target.add_argument("--model", metavar="PATH", help="a local HF model folder, hub id or embedded:tiny-llama")
     parser.add_argument("--adapter", metavar="DIR", help="PEFT adapter merged into --model")
     parser.add_argument("--name", required=True, metavar="ENTRY", help="the entry's name in the results database")
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", action="append", default=[], metavar="SCENARIO=N",
                         help="evaluation instances of a scenario over all its tasks (default: the judges' "
                              "per-run budgets)")
-    parser.add_argument("--concurrency", type=int, default=30, help="concurrent requests to --server (30)")
+    parser.add_argument("--concurrency", type=int, default=30, help="concurrent requests to each --server (30)")
     parser.add_argument("--batch-size", type=int, default=8, help="generation batch size for --model")
     parser.add_argument("--db", metavar="PATH", help="results database (default $HARNESS_DB or runs/leaderboard.sqlite)")
     parser.add_argument("--track", default="local", help="leaderboard track of the entry (default: local)")

@@ -282,13 +282,17 @@ BBQ_FORMAT = mc_format(MC_INSTRUCTIONS, "Passage")
 BBQ_LITE_SOURCE = "BBQ-lite (BIG-bench bbq_lite_json), a fallback: not the judges' nyu-mll BBQ"
 
 
+# The fork's schema ranks BBQ on quasi-exact match (its "EM" column), every other multiple-choice run on exact match.
+BBQ_SCORING = "quasi_exact_match"
+
+
 def bbq(root: Path, budget: Budget) -> list[TaskSpec]:
     """BBQ from nyu-mll's `bbq/<Category>.jsonl` files; without them, BIG-bench's BBQ-lite subtasks, labelled
     as a fallback."""
     folder = root / "bbq"
     if any(sources.bbq_file(folder, c) for c in sources.BBQ_CATEGORIES):
         return [run_task("bbq", "BBQ - EM", BBQ_FORMAT, sources.bbq(folder), 5, budget or 61, MC_GEN,
-                         source=sources.note(folder))]
+                         scoring=BBQ_SCORING, source=sources.note(folder))]
     paths = sorted((root / "bigbench" / "bbq_lite_json").glob("*/task.json"))
     if not paths:
         raise MissingData(f"no BBQ files (<Category>.jsonl) in {folder} and no BBQ-lite under {root / 'bigbench'}; "
@@ -296,7 +300,7 @@ def bbq(root: Path, budget: Budget) -> list[TaskSpec]:
     n = per_task(budget or 61, len(paths))
     return [run_task(f"bbq_lite_{p.parent.name}", "BBQ - EM", BBQ_FORMAT,
                      bigbench_split(bigbench_instances(json.loads(p.read_text(encoding="utf-8")), str(p))), 5, n,
-                     MC_GEN, source=BBQ_LITE_SOURCE) for p in paths]
+                     MC_GEN, scoring=BBQ_SCORING, source=BBQ_LITE_SOURCE) for p in paths]
 
 
 MATH_FORMAT = Format(
