@@ -12,7 +12,7 @@ by a request count and a time limit, whichever comes first.
     python bench/soak.py [--requests 2000] [--clients 30] [--max-seconds 1500] [--prefix-cache-tokens 8192]
 
 It prints the errors (non-200 answers, by status), p50/p99 latency, the server's resident memory
-after the warm-up pass and at the end, and the check: every answer of the soak equal (token texts)
+after the warm-up passes, after each quarter of the soak and at the end, and the check: every answer of the soak equal (token texts)
 to the same request sent alone afterwards, one at a time.
 """
 
@@ -101,10 +101,15 @@ def start(args: argparse.Namespace) -> subprocess.Popen:
     raise RuntimeError("the server did not start in 900 s")
 
 
-def run(url: str, order: list[int], requests: list[dict], clients: int, seconds: float) -> list[dict]:
+def run(
+    url: str, order: list[int], requests: list[dict], clients: int, seconds: float, pid: int
+) -> tuple[list[dict], list[float]]:
     """Send requests[order[0]], requests[order[1]], ... from `clients` threads, each taking the
-    next one as it finishes, until all are sent or `seconds` have passed. One record per answer."""
+    next one as it finishes, until all are sent or `seconds` have passed. Returns one record per
+    answer and the server's RSS (MiB) after each quarter of the requests."""
     records: list[dict] = []
+    quarters = {len(order) * k // 4 for k in range(1, 5)}
+    rss: list[float] = []
     lock = threading.Lock()
     position = iter(order)
     stop_at = time.monotonic() + seconds
@@ -125,11 +130,13 @@ def run(url: str, order: list[int], requests: list[dict], clients: int, seconds:
                 latency = time.perf_counter() - begin
                 with lock:
                     records.append({"index": index, "status": status, "body": body, "latency": latency})
+                    if len(records) in quarters:
+                        rss.append(rss_mib(pid)[0])
 
     with ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client) for _ in range(clients)]:
             future.result()
-    return records
+    return records, rss
 
 
 def tokens(body: dict) -> list[str]:
@@ -153,6 +160,9 @@ def main() -> None:
     parser.add_argument("--prefix-cache-tokens", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--port", type=int, default=8610)
+    parser.add_argument(
+        "--warmup-passes", type=int, default=2, help="passes over the distinct requests first"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -160,15 +170,16 @@ def main() -> None:
     requests = distinct_requests(args.per_prefix, args.seed)
     rng = random.Random(args.seed)
     soak_order = [rng.randrange(len(requests)) for _ in range(args.requests)]
-    warm_order = rng.sample(range(len(requests)), len(requests))
     url = f"http://127.0.0.1:{args.port}"
     server = start(args)
     try:
         began = time.monotonic()
-        run(url, warm_order, requests, args.clients, args.max_seconds)  # every request once
+        for _ in range(args.warmup_passes):  # every distinct request, in a shuffled order
+            warm_order = rng.sample(range(len(requests)), len(requests))
+            run(url, warm_order, requests, args.clients, args.max_seconds, server.pid)
         rss_start, _ = rss_mib(server.pid)
         soak_began = time.monotonic()
-        records = run(url, soak_order, requests, args.clients, args.max_seconds)
+        records, rss_quarters = run(url, soak_order, requests, args.clients, args.max_seconds, server.pid)
         soak_s = time.monotonic() - soak_began
         rss_end, rss_peak = rss_mib(server.pid)
         health = httpx.get(url + "/health").json()
@@ -203,6 +214,7 @@ def main() -> None:
         "p99_s": round(percentile(latencies, 0.99), 3) if latencies else None,
         "rss_after_warmup_mib": round(rss_start, 1),
         "rss_end_mib": round(rss_end, 1),
+        "rss_quarters_mib": [round(value, 1) for value in rss_quarters],
         "rss_peak_mib": round(rss_peak, 1),
         "prefix_cache": health["prefix_cache"],
         "total_s": round(total_s, 1),
@@ -219,6 +231,7 @@ def main() -> None:
     print(
         f"server RSS: {rss_start:.1f} MiB after warm-up, {rss_end:.1f} MiB at the end (peak {rss_peak:.1f})"
     )
+    print(f"server RSS after each quarter of the soak: {', '.join(f'{v:.1f}' for v in rss_quarters)} MiB")
     print(f"prefix cache at the end: {json.dumps(health['prefix_cache'])}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
