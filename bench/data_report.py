@@ -129,7 +129,7 @@ def write_mix(path: Path, count: int, lex: Lexicon, eval_inputs: list[str]) -> d
         if i % 100 == 2 and originals:
             base = lex.rng.choice(originals)
             response = base["output"].split()
-            response[len(response) // 2] = "changedword"
+            response[len(response) // 2] = f"changed{i}"  # its own word: two near copies of one record stay apart
             records.append({"instruction": base["instruction"], "output": " ".join(response)})
             planted["near"] += 1
             continue
