@@ -38,15 +38,15 @@ class Handler(BaseHTTPRequestHandler):
                 answer = state["process"](body)
             else:  # the prompt "ok" always gets a good answer: errors must name the request that failed
                 answer = GOOD if body["prompt"] == "ok" else state["process"]
-            raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-        finally:
+        finally:  # before the answer leaves: a client may send its next request as soon as it has read this one
             with state["lock"]:
                 state["in_flight"] -= 1
+        raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
 
 
 @pytest.fixture
