@@ -2,8 +2,9 @@
 
     python bench/faults.py [--runs 10] [--budget 40s] [--faults kill9,damaged,signal,ledger,removed,hang]
 
-Each run is a real `python -m train --budget B` process on the embedded default (checkpoints every
-3 s) that gets one fault at a random moment, drawn uniformly from the window named below:
+Each run is a real `python -m train --budget B` process on the embedded tiny model (a small recipe: two
+generated tasks, 400 examples, so data preparation takes about a second; checkpoints every 3 s) that
+gets one fault at a random moment, drawn uniformly from the window named below:
 
   kill9    kill -9 between the run folder's creation and B/2, then `--resume`
   damaged  kill -9 once two checkpoints exist (up to B/2), the newest checkpoint damaged (one of its
@@ -50,6 +51,20 @@ sys.path.insert(0, str(REPO))
 from train.rules import parse_duration
 
 KILL_SLACK_S = 1.0  # the ledger's write interval: what a kill -9 may take from the record
+RECIPE = """name = "faults"
+[train]
+max_seq_len = 128
+micro_batch_size = 4
+lr = 1e-3
+[[data]]
+kind = "generated"
+name = "mc_largest"
+max_examples = 200
+[[data]]
+kind = "generated"
+name = "arith_qa"
+max_examples = 200
+"""
 HANG_HOOK = """
 import os, time
 def _hang_when_triggered(real):
@@ -84,10 +99,12 @@ class Trial:
         self.codes: list[int] = []
 
     def start(self) -> None:
+        recipe = self.folder / "recipe.toml"
+        recipe.write_text(RECIPE)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "train", "--budget", self.budget, "--output-dir", str(self.run),
-             "--checkpoint-every", "3s"], cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "train", "--config", str(recipe), "--budget", self.budget, "--output-dir",
+             str(self.run), "--checkpoint-every", "3s"], cwd=REPO, env=self.env, stdout=subprocess.DEVNULL,
             stderr=open(self.folder / "first.err", "w"))  # noqa: SIM115 - the child owns it
 
     def since_start(self) -> float:

@@ -43,7 +43,7 @@ class MetricsLog:
         path = run_dir / "metrics.jsonl"
         keep_steps_up_to(path, resumed_step)
         self.file = path.open("a", encoding="utf-8")
-        self.write_error: str | None = None
+        self.write_error: int | None = None  # the errno last reported
         self.every = recipe.log.every_steps
         self.bar = tqdm(total=round(window_s), unit="s", file=sys.stderr, dynamic_ncols=True,
                         bar_format="train {percentage:3.0f}%|{bar}| {desc}")
@@ -84,8 +84,8 @@ class MetricsLog:
             self.file.write(json.dumps(row) + "\n")
             self.file.flush()
         except OSError as error:  # a full disk loses metrics rows, never the run
-            if str(error) != self.write_error:
-                self.write_error = str(error)
+            if error.errno != self.write_error:
+                self.write_error = error.errno
                 print(f"\nwarning     could not write metrics.jsonl: {error}", file=sys.stderr, flush=True)
         for sink in self.sinks:
             sink(row)

@@ -38,6 +38,7 @@ from train.recipe import Recipe, dump_recipe, load_recipe
 from train.watchdog import EXIT_CRASH, EXIT_OK, EXIT_SIGNAL, EXIT_SIGNAL_EARLY, Watchdog
 
 HARD_STOP_WAIT_S = 1.0  # the most a hard stop waits for a swap in progress and its record, deadline or not
+EXIT_SLACK_S = 0.4  # kept between a hard stop's exit and the deadline: a process exits in tens of milliseconds
 
 
 @dataclass
@@ -125,7 +126,7 @@ class TrainingRun:
         """Called from the watchdog or signal thread: end now, keeping the last published adapter.
         The exit comes first: a swap of adapter/ in progress and the record get what time is left
         before the deadline (at most HARD_STOP_WAIT_S), so a disk that hangs cannot hold the process."""
-        end_by = time.monotonic() + min(self.ledger.left() - 0.1, HARD_STOP_WAIT_S)
+        end_by = time.monotonic() + min(self.ledger.left() - EXIT_SLACK_S, HARD_STOP_WAIT_S)
         publish_lock.acquire(timeout=max(0.0, (end_by - time.monotonic()) / 2))
         record = threading.Thread(target=self._record_hard_stop, args=(reason, exit_code), daemon=True)
         record.start()

@@ -21,7 +21,7 @@ from train.ledger import Ledger
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_HARD_DEADLINE, EXIT_SIGNAL, EXIT_HARD_SIGNAL = 0, 1, 2, 3, 4, 5
 EXIT_SIGNAL_EARLY = 6  # a signal before the first training step: no adapter was saved
-HARD_STOP_LEAD_S = 0.5  # the hard stop's time to try to record the summary, then exit, before the deadline
+HARD_STOP_LEAD_S = 1.0  # the hard stop's time to try to record the summary, then exit, before the deadline
 FLUSH_EVERY_S = 1.0
 
 
@@ -84,8 +84,8 @@ class Watchdog:
                 self.ledger.flush()
                 reported = None
             except OSError as error:  # disk full, run folder gone or read-only: report once, keep trying
-                if str(error) != reported:
-                    reported = str(error)
+                if error.errno != reported:  # the message names a fresh temporary file each time
+                    reported = error.errno
                     print(f"\nwarning     could not write the ledger: {error}", file=sys.stderr, flush=True)
             if self._done.wait(FLUSH_EVERY_S):
                 return
