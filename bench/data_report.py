@@ -7,7 +7,7 @@ is left out), and training mixes of
 10k, 50k and 200k records of about 300 tokens (prompt + response under the embedded tokenizer) in
 English-like text. Each mix has planted cases: 1% exact duplicates, 1% near duplicates (one word
 changed) and 0.5% records carrying 13 words of an evaluation instance, and the bench checks that the
-report finds at least those.
+report finds them (the near duplicates: at least 98%, as MinHash only estimates similarity).
 
 For each size it times the whole report (`train.curation.curate` with every check, then the report's
 tables and packing efficiency; the records are read from a JSONL file) and, separately, the dedup pass
@@ -180,7 +180,10 @@ def main() -> int:
             dedup_s, dedup_cpu = time.perf_counter() - started, time.process_time() - cpu
             mix = report["mix"]
             found = {"exact": mix["duplicates_exact"], "near": mix["duplicates_near"], "contaminated": mix["contaminated"]}
-            if any(found[k] < planted[k] for k in planted):
+            # Exact duplicates and n-gram hits are deterministic; near duplicates are MinHash estimates (a planted
+            # pair of similarity ~0.89 is missed about once in a thousand), so 98% of them must be found.
+            if found["exact"] < planted["exact"] or found["contaminated"] < planted["contaminated"] or (
+                    found["near"] < 0.98 * planted["near"]):
                 print(f"error: planted {planted}, found {found}", file=sys.stderr)
                 return 1
             row = {"records": size, "mean_tokens": round(mix["tokens"] / size, 1),
