@@ -10,12 +10,15 @@ gets one fault at a random moment, drawn uniformly from the window named below:
   damaged  kill -9 once two checkpoints exist (up to B/2), the newest checkpoint damaged (one of its
            files cut to half its length, the file chosen in turn), then `--resume`
   signal   SIGTERM between the run folder's creation and B/2, then `--resume`
-  ledger   ledger.json replaced by a folder (every later ledger write raises) between the run folder's
-           creation and B-3 s
-  removed  the whole run folder removed (rm -rf) between its creation and B-3 s
+  ledger   ledger.json replaced by a folder (every later ledger write raises) between the first
+           published adapter (training is about to begin) and B-3 s
+  removed  the whole run folder removed (rm -rf) between the first published adapter and B-3 s
   hang     from a moment between the first published adapter and B-3 s on, every os.replace and
            os.rename of the process hangs for good (a filesystem that stopped answering; injected by
            a sitecustomize.py on the child's PYTHONPATH, not by the harness)
+
+A run whose window never opened (on a starved machine, interpreter start and imports alone can take
+most of the budget) gets no fault; it is counted apart ("not reached") and left out of the columns.
 
 The resumes start by B/2 so that they have time to start (a resume with less time left than starting
 took is refused, exit 3, and the run's adapter stands; a refusal counts as "resume continued" failed).
@@ -85,6 +88,7 @@ class Outcome:
     results_lost: bool = True
     note: str = ""
     codes: list[int] = field(default_factory=list)
+    reached: bool = True
 
 
 class Trial:
@@ -194,7 +198,7 @@ def kill_and_resume(t: Trial, base: Path, damage: int | None = None) -> Outcome:
     ready = (lambda: len(newest_steps(t.run)) >= 2) if damage is not None else (lambda: (t.run / "recipe.toml").exists())
     if not t.wait_until(ready, latest):
         t.finish_first(kill=True)
-        return Outcome(note="the fault's moment never came", codes=t.codes)
+        return Outcome(note="the fault's window never opened", codes=t.codes, reached=False)
     t.sleep_random(latest)
     t.finish_first(kill=True)
     steps = newest_steps(t.run)
@@ -218,7 +222,7 @@ def signal_and_resume(t: Trial, base: Path) -> Outcome:
     latest = t.budget_s / 2
     if not t.wait_until(lambda: (t.run / "recipe.toml").exists(), latest):
         t.finish_first(kill=True)
-        return Outcome(note="the fault's moment never came", codes=t.codes)
+        return Outcome(note="the fault's window never opened", codes=t.codes, reached=False)
     t.sleep_random(latest)
     t.proc.send_signal(signal.SIGTERM)
     t.finish_first()
@@ -232,12 +236,12 @@ def signal_and_resume(t: Trial, base: Path) -> Outcome:
                    note=f"signalled at step {expected}")
 
 
-def during_run(t: Trial, base: Path, inject, ready=None) -> Outcome:
+def during_run(t: Trial, base: Path, inject) -> Outcome:
     """A fault injected once, at a random moment; the run must still end inside its budget."""
     latest = t.budget_s - 3.0
-    if not t.wait_until(ready or (lambda: t.run.exists()), latest):
+    if not t.wait_until(lambda: (t.run / "adapter").exists(), latest):
         t.finish_first(kill=True)
-        return Outcome(note="the fault's moment never came", codes=t.codes)
+        return Outcome(note="the fault's window never opened", codes=t.codes, reached=False)
     t.sleep_random(latest)
     at = t.since_start()
     inject()
@@ -267,7 +271,7 @@ def one(fault: str, i: int, folder: Path, budget: str, rng: random.Random, base:
         t = Trial(folder, budget, rng, env={"PYTHONPATH": os.pathsep.join(filter(None, [
             str(hook), os.environ.get("PYTHONPATH")]))})
         t.start()
-        return during_run(t, base, trigger.touch, ready=lambda: (t.run / "adapter").exists())
+        return during_run(t, base, trigger.touch)
     t = Trial(folder, budget, rng)
     t.start()
     if fault == "kill9":
@@ -286,7 +290,7 @@ def one(fault: str, i: int, folder: Path, budget: str, rng: random.Random, base:
 def cell(values: list[bool | None]) -> str:
     counted = [v for v in values if v is not None]
     if not counted:
-        return "n/a"
+        return "n/a" if values else "-"
     passed = sum(counted)
     return "all" if passed == len(counted) else f"{passed}/{len(counted)}"
 
@@ -317,15 +321,16 @@ def main() -> None:
             print(f"{fault:>8} {i + 1:>2}: exits {outcome.codes}, deadline {outcome.deadline_held}, adapter "
                   f"{outcome.adapter_loadable}, resume {outcome.resume_continued}, lost {outcome.results_lost}; "
                   f"{outcome.note}", flush=True)
-        lost = sum(o.results_lost for o in outcomes)
-        rows.append((fault, len(outcomes), cell([o.deadline_held for o in outcomes]),
-                     cell([o.adapter_loadable for o in outcomes]), cell([o.resume_continued for o in outcomes]),
-                     "none" if lost == 0 else f"{lost}/{len(outcomes)}"))
+        faulted = [o for o in outcomes if o.reached]
+        lost = sum(o.results_lost for o in faulted)
+        rows.append((fault, len(faulted), cell([o.deadline_held for o in faulted]),
+                     cell([o.adapter_loadable for o in faulted]), cell([o.resume_continued for o in faulted]),
+                     "none" if lost == 0 else f"{lost}/{len(faulted)}", len(outcomes) - len(faulted)))
         print("row: | " + " | ".join(str(v) for v in rows[-1]) + " |", flush=True)
     print(f"\nbudget {args.budget}, {args.runs} runs per fault, seed {args.seed}, "
           f"{(time.monotonic() - started) / 60:.0f} min\n")
-    print("| fault | runs | deadline held | adapter loadable | resume continued | results lost |")
-    print("|---|---|---|---|---|---|")
+    print("| fault | runs | deadline held | adapter loadable | resume continued | results lost | not reached |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(v) for v in row) + " |")
 
