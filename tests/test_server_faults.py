@@ -16,16 +16,18 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import fields
 
 import httpx
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from submission.api import ProcessRequest
 from submission.engine import Engine, RequestTimeout, Unavailable
 from submission.loading import load
-from submission.settings import Settings
+from submission.settings import Settings, env_name
 from tests.test_server import Server, body_strategy
 
 LONG = "word " * 10  # greedy on the tiny model: 1500 tokens without an EOS
@@ -328,3 +330,20 @@ def test_fuzz_under_overload_bad_input_still_names_the_field(bounded):
         for thread in loaders:
             thread.join()
     assert {422, 503} <= seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.sampled_from([f.name for f in fields(Settings)]),
+    raw=st.one_of(
+        st.text(max_size=12),
+        st.sampled_from(["0", "-1", "nan", "inf", "-inf", "1e400", "1.5", "10**9", "99999999999999999999"]),
+    ),
+)
+def test_fuzz_settings_from_the_environment(name, raw):
+    """Every HARNESS_* value is either taken or refused with a ValueError naming the setting,
+    the new bounds (max_queue, request_timeout_s) included."""
+    try:
+        Settings.from_env({env_name(name): raw})
+    except ValueError as error:
+        assert name in str(error).lower(), (name, raw, str(error))
