@@ -130,3 +130,22 @@ def test_out_of_memory_sheds_the_cache_and_computes_the_requests_again(tiny_mode
         assert not any(entry is old for entry in kept for old in cached)  # the cache was dropped
     finally:
         engine.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_plan_reads_the_devices_free_memory(tiny_model):
+    """On a GPU the plan starts from what the device reports free after the weights, and the
+    engine serves within it."""
+    model, tokenizer, _ = load(Settings(model=str(tiny_model)))
+    engine = Engine(model, tokenizer, Settings(model="test"))
+    try:
+        total = torch.cuda.mem_get_info(engine.device)[1]
+        assert engine.device.type == "cuda"
+        assert 0 < engine.memory.free_bytes <= total
+        assert engine.memory.kv_bytes() + engine.memory.workspace_bytes <= engine.memory.free_bytes
+        body = engine.submit(
+            ProcessRequest(prompt="The capital of France is", max_new_tokens=4, temperature=0)
+        )
+        assert len(body.result(timeout=120)["tokens"]) <= 4
+    finally:
+        engine.close()
