@@ -4,8 +4,6 @@ the real tiny model and engine (the error raised from the model's forward, as CU
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig
@@ -15,6 +13,7 @@ from submission.engine import Engine
 from submission.loading import load
 from submission.memory import GIB, kv_bytes_per_token, plan
 from submission.settings import Settings
+from tests.test_server_faults import hold_worker
 
 # mistralai/Mistral-7B-v0.1 and meta-llama/Llama-2-7b-hf, as their config.json files give them.
 MISTRAL_7B = MistralConfig(
@@ -96,15 +95,7 @@ def test_out_of_memory_sheds_the_cache_and_computes_the_requests_again(tiny_mode
         engine.submit(requests[0]).result(timeout=60)  # caches the shared head
         cached = list(engine.prefixes.entries.values())
         assert cached
-        reached, release = threading.Event(), threading.Event()
-        step = engine._step
-
-        def held() -> None:
-            reached.set()
-            assert release.wait(60)
-            step()
-
-        monkeypatch.setattr(engine, "_step", held)
+        reached, release = hold_worker(monkeypatch, engine)
         forward = model.forward
         raised = []
 
