@@ -244,6 +244,9 @@ def during_run(t: Trial, base: Path, inject) -> Outcome:
         return Outcome(note="the fault's window never opened", codes=t.codes, reached=False)
     t.sleep_random(latest)
     at = t.since_start()
+    if t.proc.poll() is not None:  # the run ended first: the fault would strike nothing
+        t.finish_first()
+        return Outcome(note="the run ended before the fault's moment", codes=t.codes, reached=False)
     inject()
     t.finish_first()
     loadable = adapter_loadable(t.run / "adapter", base)
