@@ -58,9 +58,12 @@ def shape_of(model_id: str) -> Shape | None:
     if not config_file.is_file():
         return None
     c = json.loads(config_file.read_text())
-    return Shape(c["model_type"], c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
-                 c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"],
-                 c["vocab_size"])
+    try:
+        return Shape(c["model_type"], c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
+                     c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"],
+                     c["vocab_size"])
+    except KeyError:  # an architecture that names its sizes otherwise (GPT-J: n_embd, ...): shape unknown
+        return None
 
 
 def lora_params(shape: Shape, recipe: Recipe) -> int:
