@@ -37,6 +37,11 @@ def make_app(answers: dict[str, str], default: str, die_after: int | None, slow_
         return {"text": text, "tokens": [{"text": text, "logprob": 0.0, "top_logprob": {text: 0.0}}],
                 "logprob": 0.0, "request_time": 0.0}
 
+    @app.get("/served")
+    def served_count() -> dict:
+        """How many /process requests have arrived (a test waits on it to act mid-run)."""
+        return {"served": served[0]}
+
     @app.post("/tokenize")
     def tokenize(body: dict) -> dict:
         return {"tokens": list(range(len(body["text"].split()))), "request_time": 0.0}

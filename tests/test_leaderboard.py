@@ -232,6 +232,8 @@ def test_ctrl_c_during_a_run_keeps_the_finished_scenario_and_the_earlier_results
     import signal
     import time
 
+    import httpx
+
     from tests.oracle_server import Oracle
 
     db = tmp_path / "results.sqlite"
@@ -247,7 +249,10 @@ def test_ctrl_c_during_a_run_keeps_the_finished_scenario_and_the_earlier_results
             printed.append(line)
             if line.startswith("[2/3] quick_qa"):
                 break
-        time.sleep(1.5)
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{url}/served").json()["served"] <= 3:  # until quick_qa's first (slow) request is out
+            assert time.monotonic() < deadline and run.poll() is None, "".join(printed)
+            time.sleep(0.05)
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends
         printed.append(run.communicate(timeout=60)[0])
     assert run.returncode != 0 and "KeyboardInterrupt" in "".join(printed)
