@@ -240,10 +240,13 @@ def test_ctrl_c_during_a_run_keeps_the_finished_scenario_and_the_earlier_results
     Store(db).replace_entry("tuned", "local", EARLIER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     with Oracle(tmp_path, slow_after=3) as url:  # quick_mc's 3 requests at once, then a second each
+        # A child inherits the signal mask, and an in-process training test may have blocked SIGINT here.
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         run = subprocess.Popen([sys.executable, "-m", "eval", "run", "--server", url, "--name", "tuned",
                                 "--scenarios", "quick_mc,quick_qa,held_out", "--limit", "1", "--concurrency", "1",
                                 "--db", str(db), "--out", str(tmp_path / "out")],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         printed = []
         for line in run.stdout:  # until quick_qa has started
             printed.append(line)
