@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -19,6 +22,7 @@ from train.rules import (
     apply_gpu_limits,
     budget_seconds,
     check_base_model,
+    check_processes,
     choose_track,
     format_duration,
     load_rules,
@@ -26,6 +30,7 @@ from train.rules import (
 )
 
 REAL_TEXT = DEFAULT_BUDGET_FILE.read_text(encoding="utf-8")
+ACCELERATE_CONFIGS = DEFAULT_BUDGET_FILE.parent / "configs" / "accelerate"
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +98,9 @@ def test_format_duration_refuses_what_is_not_a_duration(seconds):
 # --- the real budget.toml ------------------------------------------------------------------------
 
 
-def test_real_budget_file_declares_the_three_tracks_at_24h(rules):
+def test_real_budget_file_declares_the_four_tracks_at_24h(rules):
     assert DEFAULT_BUDGET_FILE == Path(__file__).resolve().parent.parent / "budget.toml"
-    assert set(rules.tracks) == {"a100-40gb", "rtx4090-24gb", "cpu"}
+    assert set(rules.tracks) == {"a100-40gb", "rtx4090-24gb", "multi-gpu", "cpu"}
     for name, track in rules.tracks.items():
         assert track.name == name
         assert track.wall_clock_s == 24 * 3600
@@ -107,6 +112,14 @@ def test_real_budget_file_declares_the_three_tracks_at_24h(rules):
     assert 39 < a100.gpu_memory_gib <= 40
     assert 23 < rtx.gpu_memory_gib <= 24
     assert cpu.gpu_memory_gib is None
+
+
+def test_real_budget_file_has_an_uncapped_multi_gpu_track_outside_the_competition(rules):
+    multi = rules.tracks["multi-gpu"]
+    assert multi.gpus == 8
+    assert multi.gpu_memory_gib is None  # each process has all of its own card
+    assert "not a competition track" in multi.card
+    assert (multi.final_save_reserve_s, multi.margin_s) == (300, 120)
 
 
 def test_real_budget_file_declares_the_challenge_rules(rules):
@@ -152,7 +165,8 @@ def _variant(tmp_path: Path, old: str, new: str) -> Path:
             'gpu_memory_gib = "40GB"',
             r"tracks\.a100-40gb\.gpu_memory_gib must be a number",
         ),
-        ("gpu_memory_gib = 39.38", "", r"missing key tracks\.a100-40gb\.gpu_memory_gib"),
+        ("gpu_memory_gib = 39.38", "gpu_memory_gib = 0", r"tracks\.a100-40gb\.gpu_memory_gib must be positive"),
+        ("gpus = 8", "gpus = -1", r"tracks\.multi-gpu\.gpus must be 0 or more, got -1"),
         ('margin = "1.5s"', 'margin = "3 s"', r"tracks\.cpu\.margin: malformed duration '3 s'"),
         ('margin = "1.5s"', "margin = 3", r"tracks\.cpu\.margin must be a string, got 3 \(int\)"),
         (
@@ -177,6 +191,13 @@ def test_budget_file_errors_name_the_offending_key(tmp_path, old, new, message):
     assert str(path) in str(error.value)
 
 
+def test_gpu_memory_cap_is_optional_on_a_gpu_track(tmp_path):
+    track = load_rules(_variant(tmp_path, "gpu_memory_gib = 39.38", "")).tracks["a100-40gb"]
+    assert (track.gpus, track.gpu_memory_gib) == (1, None)
+    capped = load_rules(_variant(tmp_path, "gpus = 8\n", "gpus = 8\ngpu_memory_gib = 79.1\n")).tracks["multi-gpu"]
+    assert (capped.gpus, capped.gpu_memory_gib) == (8, 79.1)
+
+
 def test_budget_file_that_is_not_toml_or_missing(tmp_path):
     with pytest.raises(ValueError, match="is not valid TOML"):
         load_rules(_variant(tmp_path, "[rules]", "[rules"))
@@ -192,15 +213,26 @@ def test_no_track_on_a_cpu_machine_is_the_cpu_track(rules):
 
 
 def test_no_track_on_a_gpu_machine_asks_for_one(rules):
-    with pytest.raises(
-        ValueError, match="choose the hardware track with --track a100-40gb or --track rtx4090-24gb"
-    ):
+    with pytest.raises(ValueError) as error:
         choose_track(rules, None, cuda_available=True)
+    assert str(error.value) == (
+        "a CUDA device is visible: choose the hardware track with --track a100-40gb or --track rtx4090-24gb"
+        " (a run on several GPUs: --track multi-gpu)"
+    )
+
+
+def test_no_track_on_a_gpu_machine_names_only_the_tracks_budget_toml_has(tmp_path):
+    without_multi = REAL_TEXT.split("[tracks.multi-gpu]")[0] + "[tracks.cpu]" + REAL_TEXT.split("[tracks.cpu]")[1]
+    path = tmp_path / "budget.toml"
+    path.write_text(without_multi, encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        choose_track(load_rules(path), None, cuda_available=True)
+    assert str(error.value).endswith("--track a100-40gb or --track rtx4090-24gb")
 
 
 def test_unknown_track_lists_the_known_ones(rules):
     with pytest.raises(
-        ValueError, match=r"unknown track 'h100': known tracks are a100-40gb, cpu, rtx4090-24gb"
+        ValueError, match=r"unknown track 'h100': known tracks are a100-40gb, cpu, multi-gpu, rtx4090-24gb"
     ):
         choose_track(rules, "h100", cuda_available=True)
 
@@ -210,6 +242,92 @@ def test_gpu_track_without_cuda_is_refused(rules):
         choose_track(rules, "rtx4090-24gb", cuda_available=False)
     assert choose_track(rules, "a100-40gb", cuda_available=True).gpus == 1
     assert choose_track(rules, "cpu", cuda_available=True).gpus == 0
+    assert choose_track(rules, "multi-gpu", cuda_available=True).gpus == 8
+    with pytest.raises(ValueError, match="track multi-gpu needs a CUDA GPU but none is available"):
+        choose_track(rules, "multi-gpu", cuda_available=False)
+
+
+# --- processes: one per GPU ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_cpu_track_accepts_any_number_of_processes(rules, world_size):
+    check_processes(rules, rules.tracks["cpu"], world_size)
+
+
+@pytest.mark.parametrize("name", ["a100-40gb", "rtx4090-24gb"])
+def test_competition_tracks_refuse_a_second_process(rules, name):
+    check_processes(rules, rules.tracks[name], 1)
+    with pytest.raises(ValueError) as error:
+        check_processes(rules, rules.tracks[name], 2)
+    assert str(error.value) == (
+        f"the {name} track allows 1 GPU, but 2 processes were launched (one GPU each):"
+        " a run on 2 GPUs needs --track multi-gpu"
+    )
+
+
+def test_multi_gpu_track_accepts_up_to_its_gpu_count(rules):
+    multi = rules.tracks["multi-gpu"]
+    for world_size in range(1, 9):
+        check_processes(rules, multi, world_size)
+    with pytest.raises(ValueError) as error:
+        check_processes(rules, multi, 9)
+    assert str(error.value) == (
+        "the multi-gpu track allows 8 GPUs, but 9 processes were launched (one GPU each):"
+        " no track allows that many; launch at most 8 processes"
+    )
+
+
+@pytest.mark.parametrize("name", ["cpu", "rtx4090-24gb", "multi-gpu"])
+def test_fewer_than_one_process_is_refused(rules, name):
+    with pytest.raises(ValueError, match="the number of processes must be at least 1, got 0"):
+        check_processes(rules, rules.tracks[name], 0)
+
+
+# --- the accelerate launch configs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("file", "processes"),
+    [("ddp.yaml", 8), ("cpu-gloo.yaml", 2)],
+)
+def test_accelerate_configs_load_with_accelerates_own_loader(file, processes):
+    """Both start torchrun (MULTI_GPU, not use_cpu: that would start a single process); the cpu
+    track's Accelerator(cpu=True) then makes the gloo run MULTI_CPU."""
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / file))
+    assert config.distributed_type == DistributedType.MULTI_GPU
+    assert (config.num_processes, config.num_machines, config.use_cpu) == (processes, 1, False)
+    assert config.mixed_precision == "no"  # the recipe's train.autocast decides precision
+    assert config.gpu_ids == "all"
+
+
+_PROBE = """
+import os
+import torch.distributed
+from accelerate import Accelerator
+accelerator = Accelerator(cpu=True)  # what training makes on the cpu track
+line = (f"rank {accelerator.process_index} of {accelerator.num_processes}"
+        f" {accelerator.distributed_type.value} {torch.distributed.get_backend()}\\n")
+os.write(1, line.encode())  # one write, so the two processes' lines do not interleave
+"""
+
+
+def test_cpu_gloo_config_launches_two_gloo_processes(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(_PROBE, encoding="utf-8")
+    with socket.socket() as s:  # a free port: the default 29500 may be taken by another launch
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    accelerate = Path(sys.executable).parent / "accelerate"
+    result = subprocess.run(
+        [str(accelerate), "launch", "--config_file", str(ACCELERATE_CONFIGS / "cpu-gloo.yaml"),
+         "--main_process_port", str(port), str(probe)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    ranks = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert ranks == ["rank 0 of 2 MULTI_CPU gloo", "rank 1 of 2 MULTI_CPU gloo"], result.stdout
+    assert "had defaults used" not in result.stderr  # every launcher setting comes from the file
 
 
 def test_budget_defaults_to_the_track_limit_and_may_be_shorter(rules):
@@ -329,6 +447,19 @@ if total_gib > track.gpu_memory_gib:
 else:
     print("uncapped")
 """
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() > 8, reason="needs 1-8 CUDA devices")
+def test_gpu_limits_without_a_cap_leave_the_card_whole(rules):
+    lines = apply_gpu_limits(rules.tracks["multi-gpu"])
+    device = torch.cuda.current_device()
+    assert lines[0].startswith(f"CUDA device {device}: ")
+    assert lines[1:] == ["the multi-gpu track sets no memory cap: this process may use all of its card"]
+    over_4090 = int((rules.tracks["rtx4090-24gb"].gpu_memory_gib + 1) * 2**30)
+    if torch.cuda.mem_get_info(device)[0] > over_4090 + 2**30:
+        block = torch.empty(over_4090, dtype=torch.uint8, device="cuda")
+        del block
+        torch.cuda.empty_cache()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -49,7 +49,8 @@ def format_duration(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Track:
-    """One hardware track's limits."""
+    """One hardware track's limits. `gpus` is how many GPUs the run may use in all, one process each
+    (0: CPU only); `gpu_memory_gib` caps each process's card (None: no cap)."""
 
     name: str
     wall_clock_s: float
@@ -138,7 +139,7 @@ def _track(name: str, table: Any) -> Track:
     memory = None
     if gpus == 0 and "gpu_memory_gib" in table:
         raise ValueError(f"{where}.gpu_memory_gib is set but the track has gpus = 0")
-    if gpus > 0:
+    if "gpu_memory_gib" in table:  # optional: without it each process has all of its card
         memory = float(_require(table, "gpu_memory_gib", float, where))
         if memory <= 0:
             raise ValueError(f"{where}.gpu_memory_gib must be positive, got {memory}")
@@ -203,18 +204,25 @@ def load_rules(path: Path = DEFAULT_BUDGET_FILE) -> Rules:
 # --- checks --------------------------------------------------------------------------------------
 
 
-def _gpu_track_names(rules: Rules) -> list[str]:
-    return sorted(name for name, track in rules.tracks.items() if track.gpus > 0)
+def _track_flags(rules: Rules, at_least: int, at_most: int | None = None) -> str:
+    """"--track a or --track b" for the tracks allowing at_least..at_most GPUs ("" if none does)."""
+    names = sorted(name for name, track in rules.tracks.items()
+                   if track.gpus >= at_least and (at_most is None or track.gpus <= at_most))
+    return " or ".join(f"--track {name}" for name in names)
 
 
 def choose_track(rules: Rules, name: str | None, cuda_available: bool) -> Track:
     """The track to run under. Without a name: the cpu track on a CPU-only machine; with a GPU the
-    user must say which card's rules apply, since the hardware alone does not tell."""
+    user must say which card's rules apply, since the hardware alone does not tell. The one-GPU
+    tracks are offered first; those for several GPUs come after, named as such."""
     if name is None:
         if not cuda_available:
             return rules.tracks["cpu"]
-        options = " or ".join(f"--track {track}" for track in _gpu_track_names(rules))
-        raise ValueError(f"a CUDA device is visible: choose the hardware track with {options}")
+        message = f"a CUDA device is visible: choose the hardware track with {_track_flags(rules, 1, 1)}"
+        several = _track_flags(rules, 2)
+        if several:
+            message += f" (a run on several GPUs: {several})"
+        raise ValueError(message)
     if name not in rules.tracks:
         raise ValueError(f"unknown track {name!r}: known tracks are {', '.join(sorted(rules.tracks))}")
     track = rules.tracks[name]
@@ -223,6 +231,24 @@ def choose_track(rules: Rules, name: str | None, cuda_available: bool) -> Track:
             f"track {name} needs a CUDA GPU but none is available: use --track cpu or a GPU machine"
         )
     return track
+
+
+def check_processes(rules: Rules, track: Track, world_size: int) -> None:
+    """Refuse a launch with more processes than the track allows. One process drives one GPU, so a
+    GPU track takes at most `gpus` of them; the cpu track takes any number (gloo on one machine)."""
+    if world_size < 1:
+        raise ValueError(f"the number of processes must be at least 1, got {world_size}")
+    if track.gpus == 0 or world_size <= track.gpus:
+        return
+    allowed = f"{track.gpus} GPU" + ("s" if track.gpus > 1 else "")
+    message = (f"the {track.name} track allows {allowed}, but {world_size} processes were launched"
+               " (one GPU each)")
+    bigger = _track_flags(rules, world_size)
+    if bigger:
+        message += f": a run on {world_size} GPUs needs {bigger}"
+    else:
+        message += f": no track allows that many; launch at most {track.gpus} processes"
+    raise ValueError(message)
 
 
 def budget_seconds(track: Track, text: str | None) -> float:
@@ -299,10 +325,13 @@ def allocator_cap_gib(card_gib: float, context_gib: float, paged_state_gib: floa
 def apply_gpu_limits(track: Track, paged_state_gib: float | None = None) -> list[str]:
     """Make this process see no more than the track's hardware, and say what was done.
 
-    Refuses extra visible GPUs rather than choosing one silently. On a bigger card it caps the CUDA
-    caching allocator at what the track's card leaves it (allocator_cap_gib), so a run that fits here
-    fits on the track; the context is this process's as measured, at least CUDA_CONTEXT_GIB (kernels
-    load lazily, later); `paged_state_gib` is train.plan.paged_state_gib's estimate (None: unknown)."""
+    Works on this process's current CUDA device: under `accelerate launch` every process sees all the
+    GPUs and uses its own (accelerate sets it from LOCAL_RANK), so call this after the Accelerator is
+    made. Refuses more visible GPUs than the track allows rather than choosing some silently. On a card
+    bigger than the track's it caps the CUDA caching allocator at what the track's card leaves it
+    (allocator_cap_gib), so a run that fits here fits on the track; the context is this process's as
+    measured, at least CUDA_CONTEXT_GIB (kernels load lazily, later); `paged_state_gib` is
+    train.plan.paged_state_gib's estimate (None: unknown). A track without a cap leaves the card whole."""
     import torch
 
     if not torch.cuda.is_available():
@@ -317,23 +346,26 @@ def apply_gpu_limits(track: Track, paged_state_gib: float | None = None) -> list
             f"{count} CUDA devices are visible but the {track.name} track allows {track.gpus}:"
             " set CUDA_VISIBLE_DEVICES to the card to use (for example CUDA_VISIBLE_DEVICES=0)"
         )
-    props = torch.cuda.get_device_properties(0)
+    device = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(device)
     total_gib = props.total_memory / 2**30
-    lines = [f"CUDA device 0: {props.name}, {total_gib:.2f} GiB"]
+    lines = [f"CUDA device {device}: {props.name}, {total_gib:.2f} GiB"]
     limit = track.gpu_memory_gib
-    if limit is not None and total_gib > limit:
-        free, total = torch.cuda.mem_get_info(0)
-        context = max(CUDA_CONTEXT_GIB, (total - free - torch.cuda.memory_reserved(0)) / 2**30)
+    if limit is None:
+        lines.append(f"the {track.name} track sets no memory cap: this process may use all of its card")
+    elif total_gib > limit:
+        free, total = torch.cuda.mem_get_info(device)
+        context = max(CUDA_CONTEXT_GIB, (total - free - torch.cuda.memory_reserved(device)) / 2**30)
         cap = allocator_cap_gib(limit, context, paged_state_gib or 0.0)
         fraction = cap / total_gib
-        torch.cuda.set_per_process_memory_fraction(fraction, 0)
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
         paged = "unknown (model shape not known)" if paged_state_gib is None else f"{paged_state_gib:.2f} GiB"
         lines.append(
             f"capped this process's CUDA caching allocator at {cap:.2f} GiB (fraction {fraction:.3f}): the"
             f" {track.name} track's card {limit:.2f} GiB less the CUDA context {context:.2f} GiB and the paged"
             f" optimizer state {paged}, which sit outside the allocator"
         )
-    elif limit is not None and total_gib < limit:
+    elif total_gib < limit:
         lines.append(
             f"warning: this device has less memory than the {track.name} track's card ({limit:.2f} GiB):"
             " a run that fits the track may not fit here"
