@@ -342,9 +342,11 @@ def apply_gpu_limits(track: Track, paged_state_gib: float | None = None) -> list
         return [f"the {track.name} track uses no GPU: the visible CUDA devices stay unused"]
     count = torch.cuda.device_count()
     if count > track.gpus:
+        cards = "the card" if track.gpus == 1 else "the cards"
+        example = ",".join(str(index) for index in range(track.gpus))
         raise ValueError(
             f"{count} CUDA devices are visible but the {track.name} track allows {track.gpus}:"
-            " set CUDA_VISIBLE_DEVICES to the card to use (for example CUDA_VISIBLE_DEVICES=0)"
+            f" set CUDA_VISIBLE_DEVICES to {cards} to use (for example CUDA_VISIBLE_DEVICES={example})"
         )
     device = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(device)
