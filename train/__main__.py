@@ -19,7 +19,7 @@ from pathlib import Path
 from train.ledger import process_start, time_left
 from train.watchdog import EXIT_HARD_DEADLINE, EXIT_HARD_SIGNAL, EXIT_USAGE, SignalRouter, StartupGuard
 
-STARTED = process_start()  # the budget's clock: the process's own start, imports included
+STARTED = process_start()  # the budget's clock: the process's (or its launcher's) start, imports included
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from train import plan
+    from train.checkpoint import saved_step_size
+    from train.ranks import Team, per_rank_accumulation
     from train.recipe import RecipeError, load_recipe
     from train.session import Limits, TrainingRun, choose_run_dir, resume_recipe, say
 
@@ -108,16 +110,23 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from train.model import load_base_config
 
+        team = Team(cpu=track.gpus == 0)  # joins the other processes of an `accelerate launch`
+        if hasattr(rules, 'check_processes'): rules.check_processes(budget_rules, track, team.size)  # TEMP
         model_type = load_base_config(recipe.model.base).model_type
         warning = rules.check_base_model(budget_rules, recipe.model.base, model_type,
                                          recipe.model.allow_unapproved or args.allow_unapproved_model)
-        if warning:
-            say(f"warning     {warning}")
-        for line in rules.apply_gpu_limits(track, plan.paged_state_gib(recipe)):
-            say(f"track       {line}")
+        said = rules.apply_gpu_limits(track, plan.paged_state_gib(recipe))  # each rank on its own device
+        if team.main:
+            for line in ([f"warning     {warning}"] if warning else []) + [f"track       {line}" for line in said]:
+                say(line)
         if not args.resume:
-            run_dir = choose_run_dir(recipe, args.output_dir)
-        run = TrainingRun(recipe, run_dir, limits, STARTED, resume=bool(args.resume))
+            run_dir = team.decide(lambda: choose_run_dir(recipe, args.output_dir))
+        # One optimizer step takes the same micro-batches however many processes share them, so a
+        # resumed run keeps the step size it started with.
+        per_step = (saved_step_size(run_dir) if args.resume else None) or recipe.train.grad_accum * team.size
+        per_rank_accumulation(per_step, team.size)
+        run = TrainingRun(recipe, run_dir, limits, STARTED, resume=bool(args.resume), team=team,
+                          micro_batches_per_step=per_step)
     except (RecipeError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

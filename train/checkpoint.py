@@ -85,6 +85,17 @@ def load_checkpoint(checkpoint: Path, model, optimizer) -> dict:
     return state
 
 
+def saved_step_size(run_dir: Path) -> int | None:
+    """The micro-batches per optimizer step the run's checkpoints were trained with (None: no
+    checkpoint says; checkpoints from before several processes were possible do not)."""
+    for checkpoint in reversed(checkpoint_dirs(run_dir)):
+        try:
+            return json.loads((checkpoint / "state.json").read_text()).get("micro_batches_per_step")
+        except (OSError, ValueError):
+            continue  # a damaged checkpoint: resume falls back to the one before too
+    return None
+
+
 def load_newest_checkpoint(run_dir: Path, model, optimizer) -> tuple[Path, dict] | None:
     """Restore the newest checkpoint that loads, saying why a newer one was skipped; None if none does."""
     for checkpoint in reversed(checkpoint_dirs(run_dir)):

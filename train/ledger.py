@@ -16,12 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from train.durable import fsync_dir, write_aside
+from train.ranks import launched
 
 
 def process_start() -> float:
-    """time.monotonic() value of this process's start (Linux /proc), else of now."""
+    """time.monotonic() value of the run's start (Linux /proc), else of now: this process's start,
+    or its launcher's when torchrun's launcher (`accelerate launch`) started it, so that the
+    launcher's own start-up counts too."""
+    pid = str(os.getppid()) if launched() else "self"
     try:
-        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         started_ticks = int(stat[19])  # field 22: start time in clock ticks after boot
         uptime = float(Path("/proc/uptime").read_text().split()[0])
         age = uptime - started_ticks / os.sysconf("SC_CLK_TCK")
@@ -42,7 +46,8 @@ def time_left(path: Path, started: float) -> tuple[float, float] | None:
 
 
 class Ledger:
-    def __init__(self, path: Path, budget_s: float, started: float, resume: bool) -> None:
+    def __init__(self, path: Path | None, budget_s: float, started: float, resume: bool, world_size: int = 1) -> None:
+        """`path` None: a ledger kept in memory only (another rank's, see `follower`)."""
         self.path = path
         self.started = started
         self._lock = threading.Lock()
@@ -58,11 +63,18 @@ class Ledger:
                 attempt["end"] = "killed"
         self.train_origin_s: float | None = previous.get("train_origin_s")
         self.current = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                        "seconds": 0.0, "phases": {}, "end": "running"}
+                        "seconds": 0.0, "phases": {}, "end": "running", "world_size": world_size}
         self.attempts.append(self.current)
         self.used_before = sum(a["seconds"] for a in self.attempts[:-1])
         self._taken = self._written = 0  # snapshot numbers: an older snapshot never replaces a newer one
         self._replace_lock = threading.Lock()
+
+    @classmethod
+    def follower(cls, budget_s: float, started: float, left: float) -> Ledger:
+        """Another rank's copy of rank 0's ledger: the same budget and time left, never written."""
+        ledger = cls(None, budget_s, started, resume=False)
+        ledger.used_before = budget_s - left - ledger.elapsed()
+        return ledger
 
     def elapsed(self) -> float:
         """Seconds of this attempt so far."""

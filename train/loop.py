@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from train.model import compute_dtype
 from train.packing import Batches, flatten
+from train.ranks import StepPlan, Team, per_rank_accumulation
 from train.recipe import Recipe, RecipeError
 from train.schedule import lr_factor
 
@@ -26,6 +28,7 @@ class LoopState:
     position: int = 0  # micro-batches consumed (the data position for resume)
     tokens: int = 0  # non-pad tokens trained on
     loss: float = float("nan")
+    micro_batches_per_step: int = 1  # of the global order, over all ranks; fixed for the whole run
 
 
 def autocast_dtype(recipe: Recipe) -> torch.dtype | None:
@@ -52,74 +55,87 @@ def enable_tf32() -> None:
 
 
 def train_step(model, optimizer, micro_batches: list[dict[str, torch.Tensor]], lr: float,
-               max_grad_norm: float, autocast: torch.dtype | None = None) -> float:
+               max_grad_norm: float, autocast: torch.dtype | None = None, accelerator=None) -> float:
     """One optimizer step over gradient-accumulated micro-batches; returns the mean loss.
 
     Under flash-attention a packed micro-batch is flattened into one row (train.packing.flatten),
-    the only layout in which its examples stay apart."""
+    the only layout in which its examples stay apart. With an `accelerator` (several processes) the
+    wrapper sums gradients over ranks once, on the last micro-batch, and clips the summed ones."""
     from transformers.utils.generic import is_flash_attention_requested
 
     for group in optimizer.param_groups:
         group["lr"] = lr
-    device = next(p.device for p in model.parameters() if p.requires_grad)
-    flat = is_flash_attention_requested(model.config)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    device = trained[0].device
+    flat = is_flash_attention_requested(getattr(model, "module", model).config)  # under DDP: the model inside
     total = 0.0
-    for batch in micro_batches:
+    for i, batch in enumerate(micro_batches):
         if flat and "position_ids" in batch:
             batch = flatten(batch)
         batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            loss = model(**batch, use_cache=False).loss / len(micro_batches)
-        loss.backward()
+        last = i == len(micro_batches) - 1
+        with accelerator.no_sync(model) if accelerator and not last else nullcontext():
+            with torch.autocast(device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                loss = model(**batch, use_cache=False).loss / len(micro_batches)
+            loss.backward()
         total += loss.item()
     if max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        if accelerator:
+            accelerator.clip_grad_norm_(trained, max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return total
 
 
-def step_limit(recipe: Recipe, batches: Batches) -> int | None:
+def step_limit(recipe: Recipe, batches: Batches, micro_batches_per_step: int) -> int | None:
     """The earlier of max_steps and the steps that make `epochs` epochs (None: time alone ends it)."""
     t = recipe.train
     limits = [t.max_steps] if t.max_steps else []
     if t.epochs:
-        limits.append(max(1, round(t.epochs * batches.per_epoch / t.grad_accum)))
+        limits.append(max(1, round(t.epochs * batches.per_epoch / micro_batches_per_step)))
     return min(limits) if limits else None
 
 
-def run_loop(recipe: Recipe, model, optimizer, batches: Batches, state: LoopState, *,
-             should_stop: Callable[[], bool], time_progress: Callable[[], float],
-             on_step: Callable[[LoopState, float, float, float], None]) -> str:
-    """Train until stopped; returns why it stopped ("max_steps", "epochs" or "stop_requested").
+def run_loop(recipe: Recipe, model, optimizer, batches: Batches, state: LoopState, team: Team, *,
+             plan_step: Callable[[], StepPlan], on_step: Callable[[LoopState, float, float, float], None]) -> str:
+    """Train until stopped; returns why it stopped ("max_steps", "epochs", "budget" or "signal").
 
-    The learning rate follows the schedule over progress = the larger of the time budget's share
-    used and the step limit's share done, so whichever limit ends the run ends at the floor.
+    Before each step `plan_step()` says whether to stop and how much of the time budget is used;
+    the learning rate follows the schedule over progress = the larger of that share and the step
+    limit's share done, so whichever limit ends the run ends at the floor. Each step takes
+    `state.micro_batches_per_step` micro-batches of the global order, this rank its share.
     `on_step(state, lr, step_seconds, tokens_per_second)` runs after every step (metrics, checkpoints).
     """
     t = recipe.train
-    limit = step_limit(recipe, batches)
+    per_step = state.micro_batches_per_step
+    accumulate = per_rank_accumulation(per_step, team.size)
+    limit = step_limit(recipe, batches, per_step)
     autocast = autocast_dtype(recipe)
     enable_tf32()
     hang_at = int(os.environ.get("HARNESS_TEST_HANG_AT_STEP", "0"))  # test hook: a step that never ends
     model.train()
-    stream = batches.from_position(state.position)
+    stream = batches.from_position(state.position, team.rank, team.size)
+    accelerator = team.accelerator if team.distributed else None
     while True:
-        if should_stop():
-            return "stop_requested"
+        plan = plan_step()
+        if plan.stop:
+            return plan.stop
         if limit is not None and state.step >= limit:
             return "max_steps" if limit == t.max_steps else "epochs"
         step_progress = state.step / limit if limit else 0.0
-        progress = step_progress if t.schedule_clock == "steps" else max(time_progress(), step_progress)
+        progress = step_progress if t.schedule_clock == "steps" else max(plan.progress, step_progress)
         lr = t.lr * lr_factor(progress, t.warmup_frac, t.min_lr_ratio, t.schedule)
         started = time.monotonic()
-        micro = [next(stream) for _ in range(t.grad_accum)]
+        micro = [next(stream) for _ in range(accumulate)]
         tokens = sum(int(b.pop("num_tokens")) for b in micro)
         if hang_at and state.step + 1 == hang_at:
             time.sleep(10**6)
-        state.loss = train_step(model, optimizer, micro, lr, t.max_grad_norm, autocast)
+        loss = train_step(model, optimizer, micro, lr, t.max_grad_norm, autocast, accelerator)
+        state.loss, tokens = team.step_totals(loss, tokens)
         seconds = time.monotonic() - started
         state.step += 1
-        state.position += t.grad_accum
+        state.position += per_step
         state.tokens += tokens
         on_step(state, lr, seconds, tokens / seconds)

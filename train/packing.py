@@ -87,14 +87,19 @@ class Batches:
     def per_epoch(self) -> int:
         return max(1, len(self.rows) // self.batch_size)
 
-    def from_position(self, position: int) -> Iterator[dict[str, torch.Tensor]]:
+    def from_position(self, position: int, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:
         """Batches from global batch index `position` on, epoch after epoch, without end; each
-        carries `num_tokens` (its non-pad tokens), which the caller pops before the forward pass."""
+        carries `num_tokens` (its non-pad tokens), which the caller pops before the forward pass.
+        Rank `rank` of `world_size` processes gets every world_size-th batch from position + rank."""
         epoch, index = divmod(position, self.per_epoch)
+        seen = 0  # batches since `position`
         while True:
             order = list(range(len(self.rows)))
             random.Random(f"{self.seed}:{epoch}").shuffle(order)
             for i in range(index, self.per_epoch):
+                seen += 1
+                if (seen - 1) % world_size != rank:
+                    continue
                 chosen = [self.rows[j] for j in order[i * self.batch_size:(i + 1) * self.batch_size]]
                 batch = collate(chosen, self.pad_id, self.packed, self.width)
                 batch["num_tokens"] = torch.tensor(sum(len(e.input_ids) for row in chosen for e in row))

@@ -7,6 +7,9 @@ Run folder (`--output-dir`, default runs/<recipe name>):
   metrics.jsonl    one line per step: step, loss, lr, tokens/s, step time, peak memory
   ledger.json      time used by every attempt, by phase
   summary.json     how the run ended, and where the budget went
+
+Several processes (`accelerate launch`, train/ranks.py) run this same story in step; only rank 0
+writes any of these files, and its ledger counts wall time, however many processes run.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from train.durable import write_atomic
 from train.ledger import Ledger
 from train.loop import LoopState, run_loop
 from train.metrics import MetricsLog, peak_memory_mib
+from train.ranks import StepPlan, Team
 from train.recipe import Recipe, dump_recipe, load_recipe
 from train.watchdog import EXIT_CRASH, EXIT_OK, EXIT_SIGNAL, EXIT_SIGNAL_EARLY, Watchdog
 
@@ -79,20 +83,32 @@ def resume_recipe(run_dir: Path) -> Recipe:
 
 
 class TrainingRun:
-    def __init__(self, recipe: Recipe, run_dir: Path, limits: Limits, started: float, resume: bool) -> None:
-        self.recipe, self.run_dir, self.limits, self.resume = recipe, run_dir, limits, resume
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            recover_adapter(run_dir)
-        else:
-            (run_dir / "recipe.toml").write_text(dump_recipe(recipe))
-        self.ledger = Ledger(run_dir / "ledger.json", limits.budget_s, started, resume)
-        self.ledger.add("startup", self.ledger.elapsed())  # interpreter start and imports
-        self.watchdog = Watchdog(self.ledger, limits.margin_s, limits.save_reserve_s, self.hard_stop)
-        self.state = LoopState()
-        self.model = self.optimizer = self.metrics = None
+    def __init__(self, recipe: Recipe, run_dir: Path, limits: Limits, started: float, resume: bool, team: Team,
+                 micro_batches_per_step: int) -> None:
+        """On every rank of a team alike (a collective call): rank 0 starts the run's records, the
+        others take its time left."""
+        self.recipe, self.run_dir, self.limits, self.resume, self.team = recipe, run_dir, limits, resume, team
+        left = team.decide(lambda: self._start_records(started))
+        if not team.main:
+            self.ledger = Ledger.follower(limits.budget_s, started, left)
+        self.watchdog = Watchdog(self.ledger, limits.margin_s, limits.save_reserve_s, self.hard_stop,
+                                 decides=team.main)
+        self.state = LoopState(micro_batches_per_step=micro_batches_per_step)
+        self.model = self.trained = self.optimizer = self.metrics = None  # trained: the PEFT model inside any wrapper
         self.data_dropped: dict[str, int] = {}  # records the recipe's [curation] options dropped, by reason
         self.last_checkpoint = time.monotonic()
+
+    def _start_records(self, started: float) -> float:
+        """Rank 0: the run folder, its recipe and this attempt in the ledger; returns the time left."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            recover_adapter(self.run_dir)
+        else:
+            (self.run_dir / "recipe.toml").write_text(dump_recipe(self.recipe))
+        self.ledger = Ledger(self.run_dir / "ledger.json", self.limits.budget_s, started, self.resume,
+                             world_size=self.team.size)
+        self.ledger.add("startup", self.ledger.elapsed())  # interpreter start and imports
+        return self.ledger.left()
 
     # -- ending ---------------------------------------------------------------------------------
     def summary(self, reason: str, exit_code: int) -> dict:
@@ -108,11 +124,14 @@ class TrainingRun:
             "adapter": str(self.run_dir / "adapter") if (self.run_dir / "adapter").exists() else None,
             "data_dropped": self.data_dropped,
             "device": str(next(self.model.parameters()).device) if self.model is not None else None,
+            "world_size": self.team.size, "micro_batches_per_step": self.state.micro_batches_per_step,
         }
 
     def write_summary(self, reason: str, exit_code: int) -> dict:
-        """Record how the run ended in the ledger and summary.json, as far as the disk lets us."""
+        """Record how the run ended in the ledger and summary.json, as far as the disk lets us (rank 0)."""
         summary = self.summary(reason, exit_code)
+        if not self.team.main:
+            return summary
         for name, write in (("ledger", lambda: self.ledger.flush(end=reason)),
                             ("summary", lambda: write_atomic(self.run_dir / "summary.json",
                                                              json.dumps(summary, indent=1)))):
@@ -135,83 +154,99 @@ class TrainingRun:
 
     def _record_hard_stop(self, reason: str, exit_code: int) -> None:
         summary = self.write_summary(f"hard_stop:{reason}", exit_code)
-        say(f"\nHARD STOP ({reason}): the adapter of the last complete checkpoint is the result: {summary['adapter']}")
+        self.say(f"\nHARD STOP ({reason}): the adapter of the last complete checkpoint is the result: {summary['adapter']}")
 
     def record_crash(self) -> int:
         """After an exception escaped the run: mark the attempt crashed (the watchdog still guards the deadline)."""
         return self.end("crashed", EXIT_CRASH)
 
     # -- the run ----------------------------------------------------------------------------------
+    def say(self, message: str) -> None:
+        if self.team.main:  # one voice for the team
+            say(message)
+
     def run(self) -> int:
         self.watchdog.start()
-        say(f"run folder  {self.run_dir}\nbudget      {self.limits.budget_s:.0f}s on track {self.limits.track}, "
-            f"{self.ledger.left():.0f}s left" + (f" after {len(self.ledger.attempts) - 1} earlier attempt(s)"
-                                               if self.resume else ""))
+        self.say(f"run folder  {self.run_dir}\nbudget      {self.limits.budget_s:.0f}s on track {self.limits.track}, "
+                 f"{self.ledger.left():.0f}s left" + (f" after {len(self.ledger.attempts) - 1} earlier attempt(s)"
+                                                    if self.resume else "")
+                 + (f"\nprocesses   {self.team.describe()}" if self.team.distributed else ""))
         set_seed(self.recipe.train.seed)  # LoRA's initial weights, dropout: the same run twice gives the same adapter
         with self.ledger.phase("load"):
             tokenizer = model_lib.load_tokenizer(self.recipe.model.base)
-            self.model = model_lib.load_model(self.recipe)
+            self.trained = model_lib.load_model(self.recipe)
+            self.model = self.team.wrap(self.trained)
             self.optimizer = model_lib.make_optimizer(self.recipe, self.model)
-        if self.watchdog.reason == "signal":
+        if self.team.any(self.watchdog.reason == "signal"):
             return self.signalled_before_training()
-        with self.ledger.phase("data"):
-            batches, findings = data.prepare(self.recipe, tokenizer, report_dir=self.run_dir)  # + data report
+        with self.ledger.phase("data"):  # the data report is rank 0's
+            batches, findings = data.prepare(self.recipe, tokenizer, report_dir=self.run_dir if self.team.main else None)
             self.data_dropped = findings.dropped()
-        if self.watchdog.reason == "signal":
+        if self.team.any(self.watchdog.reason == "signal"):
             return self.signalled_before_training()
         tokens, slots = batches.token_stats()
-        say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
-            f"{batches.per_epoch} batches/epoch; " + ("packing" if batches.packed else "pad-to-longest")
-            + f" efficiency {tokens / slots:.1%} (non-pad tokens / token slots)")
+        self.say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
+                 f"{batches.per_epoch} batches/epoch; " + ("packing" if batches.packed else "pad-to-longest")
+                 + f" efficiency {tokens / slots:.1%} (non-pad tokens / token slots)")
         if self.resume:
-            with self.ledger.phase("load"):
-                loaded = load_newest_checkpoint(self.run_dir, self.model, self.optimizer)
+            with self.ledger.phase("load"):  # every rank restores the same checkpoint
+                loaded = load_newest_checkpoint(self.run_dir, self.trained, self.optimizer)
             if loaded:
                 checkpoint, saved = loaded
-                self.state = LoopState(saved["step"], saved["position"], saved["tokens"], saved["loss"])
-                # adapter/ may hold a newer, damaged checkpoint's files: publish the one training resumes from
-                with self.ledger.phase("checkpoint"):
-                    publish_adapter(self.run_dir, checkpoint / "adapter", link=True)
-                say(f"resumed     from {checkpoint.name} (step {self.state.step})")
+                self.state = LoopState(saved["step"], saved["position"], saved["tokens"], saved["loss"],
+                                       self.state.micro_batches_per_step)
+                if self.team.main:  # adapter/ may hold a newer, damaged checkpoint's files: publish the one resumed
+                    with self.ledger.phase("checkpoint"):
+                        publish_adapter(self.run_dir, checkpoint / "adapter", link=True)
+                self.say(f"resumed     from {checkpoint.name} (step {self.state.step})")
             else:
-                say("resumed     from step 0: no checkpoint to resume from")
-        if not (self.run_dir / "adapter").exists():
+                self.say("resumed     from step 0: no checkpoint to resume from")
+        if self.team.main and not (self.run_dir / "adapter").exists():
             # Publish the untrained adapter at once: the run has a servable result from here on, and
             # the save's cost is measured before the watchdog must rely on it.
-            self.measured_save(lambda: save_final_adapter(self.run_dir, self.model))
+            self.measured_save(lambda: save_final_adapter(self.run_dir, self.trained))
         self.ledger.mark_train_origin()
-        self.metrics = MetricsLog(self.run_dir, self.recipe, self.limits.budget_s, resumed_step=self.state.step)
+        if self.team.main:
+            self.metrics = MetricsLog(self.run_dir, self.recipe, self.limits.budget_s, resumed_step=self.state.step)
         try:
-            reason = run_loop(self.recipe, self.model, self.optimizer, batches, self.state,
-                              should_stop=self.watchdog.stop.is_set, time_progress=self.time_progress,
-                              on_step=self.after_step)
+            reason = run_loop(self.recipe, self.model, self.optimizer, batches, self.state, self.team,
+                              plan_step=self.plan_step, on_step=self.after_step)
         finally:
-            self.metrics.close()
-        if reason == "stop_requested":
-            reason = self.watchdog.reason or "budget"
-        if reason != "budget":  # no deadline pressure: leave a checkpoint that --resume can extend
-            with self.ledger.phase("checkpoint"):
-                save_checkpoint(self.run_dir, self.model, self.optimizer, asdict(self.state))
-        with self.ledger.phase("final_save"):
-            save_final_adapter(self.run_dir, self.model)
+            if self.metrics:
+                self.metrics.close()
+        if self.team.main:
+            if reason != "budget":  # no deadline pressure: leave a checkpoint that --resume can extend
+                with self.ledger.phase("checkpoint"):
+                    save_checkpoint(self.run_dir, self.trained, self.optimizer, asdict(self.state))
+            with self.ledger.phase("final_save"):
+                save_final_adapter(self.run_dir, self.trained)
         return self.end(reason, EXIT_SIGNAL if reason == "signal" else EXIT_OK)
 
     def signalled_before_training(self) -> int:
-        say("\nstopped by a signal before training started: no adapter was saved in this attempt")
+        self.say("\nstopped by a signal before training started: no adapter was saved in this attempt")
         return self.end("signal_before_training", EXIT_SIGNAL_EARLY)
 
     def end(self, reason: str, exit_code: int) -> int:
         summary = self.write_summary(reason, exit_code)  # the watchdog still guards the deadline
         self.watchdog.finish()
         phases = summary["phases_s"]
-        say(f"\nstopped     {reason} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
-            f"last loss {summary['last_loss']:.4f}")
-        say(f"budget      used {summary['used_s']:.1f}s of {summary['budget_s']:.0f}s "
-            f"(overshoot {summary['overshoot_s']:.1f}s) over {summary['attempts']} attempt(s); "
-            f"training {summary['train_share']:.1%}")
-        say("phases      " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
-        say(f"adapter     {summary['adapter']}")
+        self.say(f"\nstopped     {reason} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
+                 f"last loss {summary['last_loss']:.4f}")
+        self.say(f"budget      used {summary['used_s']:.1f}s of {summary['budget_s']:.0f}s "
+                 f"(overshoot {summary['overshoot_s']:.1f}s) over {summary['attempts']} attempt(s); "
+                 f"training {summary['train_share']:.1%}")
+        self.say("phases      " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+        self.say(f"adapter     {summary['adapter']}")
         return exit_code
+
+    def plan_step(self) -> StepPlan:
+        """Before each step, on every rank: rank 0's watchdog and clock decide, a signal on any rank stops all."""
+        w = self.watchdog
+        plan = self.team.plan_step(w.reason == "budget", w.reason == "signal",
+                                   self.time_progress() if self.team.main else 0.0)
+        if plan.stop:
+            w.request_stop(plan.stop)  # rank 0 records a stop another rank was signalled for
+        return plan
 
     def time_progress(self) -> float:
         """Share of the training window used: from the first training step to the point where the
@@ -222,6 +257,8 @@ class TrainingRun:
 
     def after_step(self, state: LoopState, lr: float, seconds: float, tokens_per_s: float) -> None:
         self.ledger.add("train", seconds)
+        if not self.team.main:
+            return
         if state.step > 1 or self.resume:  # the first step also warms up kernels and allocators
             self.watchdog.note_step(seconds)
         row = {"step": state.step, "loss": round(state.loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
@@ -230,7 +267,7 @@ class TrainingRun:
         self.metrics.log(row, self.ledger.used(), self.ledger.left())
         due = time.monotonic() - self.last_checkpoint >= self.limits.checkpoint_every_s
         if (state.step == 1 or due) and not self.watchdog.stop.is_set():
-            self.measured_save(lambda: save_checkpoint(self.run_dir, self.model, self.optimizer, asdict(state)))
+            self.measured_save(lambda: save_checkpoint(self.run_dir, self.trained, self.optimizer, asdict(state)))
             self.last_checkpoint = time.monotonic()
 
     def measured_save(self, save) -> None:

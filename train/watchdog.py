@@ -8,6 +8,10 @@ stop (plus a checkpoint), a second forces a hard one at once.
 
 The watchdog's own thread does no I/O, so no disk fault can silence it: the ledger is written by a
 second thread, whose failures are reported and retried, never fatal.
+
+In a run of several processes only rank 0's watchdog decides (and writes the ledger); the others
+keep one that only ends its process just after rank 0's hard stop should have, should rank 0 fail
+to take them along.
 """
 from __future__ import annotations
 
@@ -15,21 +19,28 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from train.ledger import Ledger
+from train.ranks import launched
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_HARD_DEADLINE, EXIT_SIGNAL, EXIT_HARD_SIGNAL = 0, 1, 2, 3, 4, 5
 EXIT_SIGNAL_EARLY = 6  # a signal before the first training step: no adapter was saved
 HARD_STOP_LEAD_S = 1.0  # the hard stop's time to try to record the summary, then exit, before the deadline
 FLUSH_EVERY_S = 1.0
+LAUNCHER_ECHO_S = 1.0
 
 
 class Watchdog:
     def __init__(self, ledger: Ledger, margin_s: float, save_estimate_s: float,
-                 on_hard_stop: Callable[[str, int], None], tick_s: float = 0.05) -> None:
-        """`on_hard_stop(reason, exit_code)` must end the process within HARD_STOP_LEAD_S."""
+                 on_hard_stop: Callable[[str, int], None], tick_s: float = 0.05, decides: bool = True) -> None:
+        """`on_hard_stop(reason, exit_code)` must end the process within HARD_STOP_LEAD_S. A watchdog
+        that does not decide (another rank's) never asks for a graceful stop nor writes the ledger,
+        and its hard stop comes later, at half the lead."""
         self.ledger = ledger
+        self.decides = decides
+        self.hard_lead_s = HARD_STOP_LEAD_S if decides else HARD_STOP_LEAD_S / 2
         self.margin_s = margin_s
         self.save_cost_s = save_estimate_s
         self.step_time_s = 0.0
@@ -43,14 +54,16 @@ class Watchdog:
 
     def start(self) -> None:
         self._thread.start()
-        self._writer.start()
+        if self.decides:
+            self._writer.start()
 
     def finish(self) -> None:
         """The run is over: stop watching (the caller writes the last ledger entry). A writer stuck
         on the disk is left behind: it is a daemon thread and cannot hold the exit."""
         self._done.set()
         self._thread.join(timeout=1.0)
-        self._writer.join(timeout=0.1)
+        if self.decides:
+            self._writer.join(timeout=0.1)
 
     def stop_lead_s(self) -> float:
         """How long before the deadline training must stop to leave room for the final save."""
@@ -71,9 +84,9 @@ class Watchdog:
     def _watch(self) -> None:
         while not self._done.wait(self.tick_s):
             left = self.ledger.left()
-            if left <= self.stop_lead_s():
+            if self.decides and left <= self.stop_lead_s():
                 self.request_stop("budget")
-            if left <= HARD_STOP_LEAD_S:
+            if left <= self.hard_lead_s:
                 self.on_hard_stop("deadline", EXIT_HARD_DEADLINE)
                 return
 
@@ -131,7 +144,11 @@ class SignalRouter:
             print("\nstop requested: finishing the current step, then saving (signal again to stop at once)",
                   file=sys.stderr, flush=True)
             self.graceful()
-            signal.sigwait(signals)
+            first = time.monotonic()
+            # Ctrl-C reaches every rank from the terminal and again from the launcher, which forwards
+            # it: under a launcher, a repeat within LAUNCHER_ECHO_S is that echo, not a second signal.
+            while signal.sigwait(signals) and launched() and time.monotonic() - first < LAUNCHER_ECHO_S:
+                pass
             self.hard()
 
         threading.Thread(target=wait, name="signal-listener", daemon=True).start()
