@@ -51,3 +51,20 @@ name = "arith_qa"
 max_examples = 200
 """)
     return path
+
+
+def free_port() -> int:
+    """A free local port for a launcher's store (the default 29500 may be taken by another launch)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_cmd(processes: int, *args: str) -> list[str]:
+    """`accelerate launch` of the training CLI on `processes` CPU processes (gloo), as the README says."""
+    return [str(Path(sys.executable).parent / "accelerate"), "launch",
+            "--config_file", str(REPO / "configs" / "accelerate" / "cpu-gloo.yaml"),
+            "--num_processes", str(processes), "--main_process_port", str(free_port()),
+            "-m", "train", "--track", "cpu", *args]

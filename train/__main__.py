@@ -4,7 +4,8 @@ With no --config it runs the embedded default (a tiny Llama built locally, bundl
 on the CPU. Exit codes: 0 finished (step/epoch limit or budget, gracefully), 1 crashed, 2 bad
 command line or recipe, 3 hard stop at the deadline (the last checkpoint's adapter is the result),
 4 stopped by a signal after a graceful save, 5 hard stop by a second signal, 6 stopped by a signal
-before training started (no adapter saved).
+before training started (no adapter saved), 7 another process of a multi-process run was lost (the
+last checkpoint's adapter is the result; --resume continues).
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         from train.model import load_base_config
 
         team = Team(cpu=track.gpus == 0)  # joins the other processes of an `accelerate launch`
-        if hasattr(rules, 'check_processes'): rules.check_processes(budget_rules, track, team.size)  # TEMP
+        rules.check_processes(budget_rules, track, team.size)
         model_type = load_base_config(recipe.model.base).model_type
         warning = rules.check_base_model(budget_rules, recipe.model.base, model_type,
                                          recipe.model.allow_unapproved or args.allow_unapproved_model)

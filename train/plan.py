@@ -189,7 +189,7 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
                      f"(estimate at {ASSUMED_MFU:.0%} MFU of {PEAK_TFLOPS[track_name]:.0f} TFLOP/s; "
                      "measure with bench/gpu_check.py)")
     else:
-        lines.append("speed       not estimated on the cpu track (measured throughput shows in the progress bar)")
+        lines.append(f"speed       not estimated on the {track_name} track (measured throughput shows in the progress bar)")
     return "\n".join(lines)
 
 
@@ -198,10 +198,12 @@ def memory_lines(shape: Shape, recipe: Recipe, track_name: str) -> list[str]:
     from train.rules import load_rules
 
     track = load_rules().tracks.get(track_name)
-    card = track.gpu_memory_gib if track else None
-    terms = memory_terms(shape, recipe, on_gpu=card is not None)
+    on_gpu = track is not None and track.gpus > 0
+    card = track.gpu_memory_gib if on_gpu else None  # None on a GPU track: no cap, the card's own memory
+    terms = memory_terms(shape, recipe, on_gpu=on_gpu)
     total = sum(term.gib for term in terms)
-    where = "on the GPU" if card is not None else "in RAM (the CPU track)"
+    where = ("in RAM (the CPU track)" if not on_gpu else "on the GPU" if track.gpus == 1
+             else "on each GPU (one process each)")
     lines = [f"memory      ~{total:.2f} GiB {where} (estimate), term by term:"]
     width = max(len(term.name) for term in terms)
     lines += [f"              {term.name:{width}s} {term.gib:7.2f} GiB  {term.note}" for term in terms]

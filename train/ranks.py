@@ -20,13 +20,18 @@ rank accumulating over more or fewer of them) in the same order.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 T = TypeVar("T")
 
 LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun's launcher (`accelerate launch`, `torchrun`) in each rank
+BEAT_EVERY_S = 0.25
+PEER_TIMEOUT_S = 5.0  # a rank silent this long is gone (killed, or hung outside Python's reach)
 
 
 def launched() -> bool:
@@ -133,3 +138,50 @@ class Team:
         so this is the mean over the step's) and the tokens of all ranks."""
         loss_sum, token_sum = self._sum([loss, float(tokens)])
         return loss_sum / self.size, int(token_sum)
+
+
+class PeerWatch:
+    """Liveness outside the process group, which can hang for good when a peer dies (NCCL waits in a
+    collective until its timeout): each rank beats in the launcher's key-value store (the one the
+    process group met through), rank 0 watches every rank and the others watch rank 0. A beat that
+    stops for PEER_TIMEOUT_S, or a store that stops answering, is a lost peer: `on_lost(what)`
+    must end this process. Rank 0 posts its hard stop there too, and the others leave with it at
+    once (`on_hard_stop(exit_code)`)."""
+
+    def __init__(self, team: Team, on_lost: Callable[[str], None], on_hard_stop: Callable[[int], None]) -> None:
+        import torch.distributed as dist
+
+        self.team, self.on_lost, self.on_hard_stop = team, on_lost, on_hard_stop
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=timedelta(seconds=PEER_TIMEOUT_S))
+        run = f"{os.environ.get(LAUNCHER_ENV, 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.store = dist.PrefixStore(f"harness/{run}/", store)
+        self.watched = range(1, team.size) if team.main else [0]
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="peer-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        """Training is over: ranks now finish (and exit) at their own pace."""
+        self._done.set()
+
+    def post_hard_stop(self, exit_code: int) -> None:
+        self.store.set("hard_stop", str(exit_code))
+
+    def _watch(self) -> None:
+        seen = {rank: (-1, time.monotonic()) for rank in self.watched}
+        while not self._done.is_set():
+            now = time.monotonic()
+            try:
+                self.store.add(f"beat/{self.team.rank}", 1)
+                if not self.team.main and self.store.check(["hard_stop"]):
+                    self.on_hard_stop(int(self.store.get("hard_stop")))
+                for rank in self.watched:
+                    beats = self.store.add(f"beat/{rank}", 0)
+                    if beats != seen[rank][0]:
+                        seen[rank] = (beats, now)
+                    elif now - seen[rank][1] > PEER_TIMEOUT_S:
+                        self.on_lost(f"rank {rank} stopped answering for {PEER_TIMEOUT_S:.0f}s")
+            except Exception as error:  # noqa: BLE001 - any store failure: the launcher (or rank 0) is gone
+                if not self._done.is_set():
+                    self.on_lost(f"the launcher's store stopped answering ({type(error).__name__})")
+            self._done.wait(BEAT_EVERY_S)

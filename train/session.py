@@ -37,9 +37,9 @@ from train.durable import write_atomic
 from train.ledger import Ledger
 from train.loop import LoopState, run_loop
 from train.metrics import MetricsLog, peak_memory_mib
-from train.ranks import StepPlan, Team
+from train.ranks import PeerWatch, StepPlan, Team
 from train.recipe import Recipe, dump_recipe, load_recipe
-from train.watchdog import EXIT_CRASH, EXIT_OK, EXIT_SIGNAL, EXIT_SIGNAL_EARLY, Watchdog
+from train.watchdog import EXIT_CRASH, EXIT_OK, EXIT_RANK_LOST, EXIT_SIGNAL, EXIT_SIGNAL_EARLY, Watchdog
 
 HARD_STOP_WAIT_S = 1.0  # the most a hard stop waits for a swap in progress and its record, deadline or not
 EXIT_SLACK_S = 0.4  # kept between a hard stop's exit and the deadline: a process exits in tens of milliseconds
@@ -91,6 +91,9 @@ class TrainingRun:
         left = team.decide(lambda: self._start_records(started))
         if not team.main:
             self.ledger = Ledger.follower(limits.budget_s, started, left)
+        self.peers = PeerWatch(team, on_lost=lambda what: self.hard_stop(what, EXIT_RANK_LOST),
+                               on_hard_stop=lambda code: self.hard_stop("rank 0's hard stop", code)
+                               ) if team.distributed else None
         self.watchdog = Watchdog(self.ledger, limits.margin_s, limits.save_reserve_s, self.hard_stop,
                                  decides=team.main)
         self.state = LoopState(micro_batches_per_step=micro_batches_per_step)
@@ -153,6 +156,11 @@ class TrainingRun:
         os._exit(exit_code)
 
     def _record_hard_stop(self, reason: str, exit_code: int) -> None:
+        if self.peers and self.team.main:
+            try:
+                self.peers.post_hard_stop(exit_code)  # the other ranks leave with this one
+            except Exception:  # noqa: BLE001 - the store may be what failed; the others then see it gone
+                pass
         summary = self.write_summary(f"hard_stop:{reason}", exit_code)
         self.say(f"\nHARD STOP ({reason}): the adapter of the last complete checkpoint is the result: {summary['adapter']}")
 
@@ -214,6 +222,8 @@ class TrainingRun:
         finally:
             if self.metrics:
                 self.metrics.close()
+            if self.peers:
+                self.peers.stop()
         if self.team.main:
             if reason != "budget":  # no deadline pressure: leave a checkpoint that --resume can extend
                 with self.ledger.phase("checkpoint"):

@@ -19,17 +19,15 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 from train.ledger import Ledger
-from train.ranks import launched
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_HARD_DEADLINE, EXIT_SIGNAL, EXIT_HARD_SIGNAL = 0, 1, 2, 3, 4, 5
 EXIT_SIGNAL_EARLY = 6  # a signal before the first training step: no adapter was saved
+EXIT_RANK_LOST = 7  # another process of a multi-process run was lost: the last checkpoint's adapter stands
 HARD_STOP_LEAD_S = 1.0  # the hard stop's time to try to record the summary, then exit, before the deadline
 FLUSH_EVERY_S = 1.0
-LAUNCHER_ECHO_S = 1.0
 
 
 class Watchdog:
@@ -144,11 +142,7 @@ class SignalRouter:
             print("\nstop requested: finishing the current step, then saving (signal again to stop at once)",
                   file=sys.stderr, flush=True)
             self.graceful()
-            first = time.monotonic()
-            # Ctrl-C reaches every rank from the terminal and again from the launcher, which forwards
-            # it: under a launcher, a repeat within LAUNCHER_ECHO_S is that echo, not a second signal.
-            while signal.sigwait(signals) and launched() and time.monotonic() - first < LAUNCHER_ECHO_S:
-                pass
+            signal.sigwait(signals)
             self.hard()
 
         threading.Thread(target=wait, name="signal-listener", daemon=True).start()

@@ -1,0 +1,131 @@
+"""Several training processes (`accelerate launch`, gloo on the CPU) run as one: the same steps as
+one process accumulating their micro-batches, one budget, one set of records, faults on any rank."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import REPO, launch_cmd, run_train, summary, write_recipe
+
+# Exact recipe: no dropout, a constant rate, fp32 AdamW; the losses then agree to float rounding.
+EXACT = "[lora]\ndropout = 0.0"
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def launch(processes: int, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(launch_cmd(processes, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          check=False, env={**os.environ, **(env or {})})
+
+
+def ranks_of(launcher: subprocess.Popen, processes: int = 2, timeout: float = 120) -> dict[int, psutil.Process]:
+    """The launcher's rank processes, by rank."""
+    deadline = time.monotonic() + timeout
+    while True:
+        children = psutil.Process(launcher.pid).children()
+        if len(children) == processes:
+            return {int(child.environ()["RANK"]): child for child in children}
+        assert time.monotonic() < deadline and launcher.poll() is None, "the ranks did not start"
+        time.sleep(0.1)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def rows(run: Path) -> int:
+    path = run / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_two_processes_take_the_steps_of_one_accumulating_twice_and_resume_on_one(tmp_path: Path):
+    one = write_recipe(tmp_path / "one.toml", 'optimizer = "adamw"\ngrad_accum = 2', EXACT)
+    two = write_recipe(tmp_path / "two.toml", 'optimizer = "adamw"\ngrad_accum = 1', EXACT)
+    alone, shared = tmp_path / "alone", tmp_path / "shared"
+    proc, _ = run_train("--config", str(one), "--max-steps", "6", "--output-dir", str(alone))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(2, "--config", str(two), "--max-steps", "3", "--output-dir", str(shared))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(shared)
+    assert (s["world_size"], s["micro_batches_per_step"], s["steps"]) == (2, 2, 3)
+    assert list((shared / "checkpoints").glob("step-*")) and (shared / "adapter").is_dir()
+    # The same run continues on one process, accumulating both ranks' micro-batches.
+    proc, _ = run_train("--resume", str(shared), "--max-steps", "6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(shared)
+    assert (s["world_size"], s["micro_batches_per_step"], s["steps"]) == (1, 2, 6)
+    assert [a["world_size"] for a in json.loads((shared / "ledger.json").read_text())["attempts"]] == [2, 1]
+    assert losses(shared) == pytest.approx(losses(alone), rel=1e-5)
+    assert s["tokens"] == summary(alone)["tokens"]
+
+
+def test_a_step_size_the_processes_cannot_share_is_refused(tmp_path: Path):
+    run = tmp_path / "run"
+    proc, _ = run_train("--config", str(write_recipe(tmp_path / "r.toml", "max_steps = 1")), "--output-dir", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(2, "--resume", str(run), "--max-steps", "2")
+    assert "train.grad_accum: this run steps over 1 micro-batch(es) per optimizer step, which 2 processes " \
+           "cannot share evenly: run it on 1 process(es)" in proc.stderr
+    assert summary(run)["steps"] == 1 and len(json.loads((run / "ledger.json").read_text())["attempts"]) == 1
+
+
+def test_a_hard_stop_ends_every_rank_inside_the_budget(tmp_path: Path):
+    run = tmp_path / "run"
+    started = time.monotonic()
+    launcher = subprocess.Popen(launch_cmd(2, "--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "40s",
+                                           "--output-dir", str(run)),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "HARNESS_TEST_HANG_AT_STEP": "3"})  # every rank hangs there
+    ranks = ranks_of(launcher)
+    ended = {}
+    psutil.wait_procs(list(ranks.values()), timeout=120,
+                      callback=lambda p: ended.setdefault(p.pid, time.monotonic() - started))
+    _, err = launcher.communicate(timeout=60)
+    for rank, process in ranks.items():  # the launcher's failure table has each rank's exit code
+        assert ended[process.pid] <= 40.3 and f"exitcode  : 3 (pid: {process.pid})" in err, (rank, ended, err[-2000:])
+    s = summary(run)
+    assert s["stop_reason"] == "hard_stop:deadline" and s["steps"] == 2 and s["used_s"] <= 40
+
+
+def test_kill_9_of_rank_0_stops_the_other_and_the_run_resumes_then_stops_on_ctrl_c(tmp_path: Path):
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "1s"')
+    launcher = subprocess.Popen(launch_cmd(2, "--config", str(recipe), "--budget", "5m", "--output-dir", str(run)),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks = ranks_of(launcher)
+    wait_for(lambda: len(list((run / "checkpoints").glob("step-*"))) >= 2 and rows(run) >= 4, launcher)
+    killed_at = time.monotonic()
+    ranks[0].kill()
+    ranks[1].wait(timeout=30)
+    assert time.monotonic() - killed_at < 10  # seconds, not the launcher's 30 s shutdown grace
+    launcher.wait(timeout=60)
+    trained = rows(run)
+
+    # Resume on two processes; a Ctrl-C (SIGINT to the launcher's process group, as a terminal sends
+    # it; the launcher forwards it to the ranks, which run in sessions of their own) stops every rank
+    # gracefully, with a checkpoint.
+    launcher = subprocess.Popen(launch_cmd(2, "--resume", str(run)), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: rows(run) >= trained + 2, launcher)  # training again, past where the kill left it
+    os.killpg(launcher.pid, signal.SIGINT)
+    _, err = launcher.communicate(timeout=120)
+    s = summary(run)
+    assert s["stop_reason"] == "signal" and s["exit_code"] == 4, err[-3000:]
+    assert "HARD STOP" not in err
+    attempts = json.loads((run / "ledger.json").read_text())["attempts"]
+    assert [a["end"] for a in attempts] == ["killed", "signal"]
+    assert s["steps"] >= 1 and (run / "checkpoints" / f"step-{s['steps']:07d}").is_dir()
+    assert trained >= 4
