@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -165,7 +166,9 @@ class PeerWatch:
         self._done.set()
 
     def post_hard_stop(self, exit_code: int) -> None:
-        self.store.set("hard_stop", str(exit_code))
+        """Best effort: if the store is what failed, the others find it gone instead."""
+        with suppress(Exception):
+            self.store.set("hard_stop", str(exit_code))
 
     def _watch(self) -> None:
         seen = {rank: (-1, time.monotonic()) for rank in self.watched}

@@ -157,10 +157,7 @@ class TrainingRun:
 
     def _record_hard_stop(self, reason: str, exit_code: int) -> None:
         if self.peers and self.team.main:
-            try:
-                self.peers.post_hard_stop(exit_code)  # the other ranks leave with this one
-            except Exception:  # noqa: BLE001 - the store may be what failed; the others then see it gone
-                pass
+            self.peers.post_hard_stop(exit_code)  # the other ranks leave with this one
         summary = self.write_summary(f"hard_stop:{reason}", exit_code)
         self.say(f"\nHARD STOP ({reason}): the adapter of the last complete checkpoint is the result: {summary['adapter']}")
 
