@@ -62,9 +62,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_cmd(processes: int, *args: str) -> list[str]:
-    """`accelerate launch` of the training CLI on `processes` CPU processes (gloo), as the README says."""
+def launch_cmd(processes: int, *args: str, config: str = "cpu-gloo.yaml", track: str = "cpu") -> list[str]:
+    """`accelerate launch` of the training CLI on `processes` processes (by default CPU ones talking
+    over gloo), as the README says."""
     return [str(Path(sys.executable).parent / "accelerate"), "launch",
-            "--config_file", str(REPO / "configs" / "accelerate" / "cpu-gloo.yaml"),
+            "--config_file", str(REPO / "configs" / "accelerate" / config),
             "--num_processes", str(processes), "--main_process_port", str(free_port()),
-            "-m", "train", "--track", "cpu", *args]
+            "-m", "train", "--track", track, *args]

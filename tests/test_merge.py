@@ -106,7 +106,7 @@ def test_training_checkpoints_and_the_published_adapter_record_it(trained, tmp_p
 
     model = trained[3]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    checkpoint = save_checkpoint(tmp_path, model, optimizer, {"step": 1})
+    checkpoint = save_checkpoint(tmp_path, model, optimizer.state_dict(), {"step": 1})
     save_final_adapter(tmp_path, model)
     for adapter in (checkpoint / "adapter", tmp_path / "adapter"):
         assert json.loads((adapter / BASE_QUANTIZATION).read_text())["bnb_4bit_quant_type"] == "nf4"

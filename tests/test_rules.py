@@ -298,6 +298,14 @@ def test_accelerate_configs_load_with_accelerates_own_loader(file, processes):
     assert config.distributed_type == DistributedType.MULTI_GPU
     assert (config.num_processes, config.num_machines, config.use_cpu) == (processes, 1, False)
     assert config.mixed_precision == "no"  # the recipe's train.autocast decides precision
+
+
+def test_the_fsdp_config_shards_without_flattening_trainable_and_frozen_weights_together():
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / "fsdp-qlora.yaml"))
+    assert config.distributed_type == DistributedType.FSDP and config.mixed_precision == "no"
+    fsdp = config.fsdp_config
+    assert fsdp["fsdp_version"] == 1 and fsdp["fsdp_use_orig_params"] is False
+    assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD" and fsdp["fsdp_cpu_ram_efficient_loading"] is False
     assert config.gpu_ids == "all"
 
 

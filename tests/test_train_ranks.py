@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from tests.helpers import REPO, launch_cmd, run_train, summary, write_recipe
 
@@ -22,9 +23,9 @@ def losses(run: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def launch(processes: int, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(launch_cmd(processes, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          check=False, env={**os.environ, **(env or {})})
+def launch(processes: int, *args: str, timeout: float = 300, **where: str) -> subprocess.CompletedProcess:
+    return subprocess.run(launch_cmd(processes, *args, **where), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, check=False)
 
 
 def ranks_of(launcher: subprocess.Popen, processes: int = 2, timeout: float = 120) -> dict[int, psutil.Process]:
@@ -129,3 +130,34 @@ def test_kill_9_of_rank_0_stops_the_other_and_the_run_resumes_then_stops_on_ctrl
     assert [a["end"] for a in attempts] == ["killed", "signal"]
     assert s["steps"] >= 1 and (run / "checkpoints" / f"step-{s['steps']:07d}").is_dir()
     assert trained >= 4
+
+
+def test_fsdp_on_cpu_processes_is_refused_not_run_as_ddp(tmp_path: Path):
+    proc = launch(2, "--config", str(write_recipe(tmp_path / "r.toml", 'optimizer = "adamw"')), "--max-steps", "1",
+                  "--output-dir", str(tmp_path / "run"), config="fsdp-qlora.yaml")
+    assert proc.returncode != 0
+    assert "the accelerate config asks for FSDP, which accelerate runs on CUDA GPUs only" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="FSDP needs 2 CUDA GPUs: accelerate enables FSDP for GPU runs only (its state.py leaves "
+                           "MULTI_CPU out of the FSDP-capable types), and torch's FSDP1 state-dict gathering with "
+                           "cpu_offload fails on CPU tensors (README, More than one GPU)")
+def test_fsdp_qlora_on_two_gpus_takes_the_steps_of_one_gpu_accumulating_twice(tmp_path: Path):
+    one = write_recipe(tmp_path / "one.toml", 'optimizer = "adamw"\ngrad_accum = 2', EXACT)
+    two = write_recipe(tmp_path / "two.toml", 'optimizer = "adamw"\ngrad_accum = 1', EXACT)
+    alone, sharded = tmp_path / "alone", tmp_path / "sharded"
+    proc = launch(1, "--config", str(one), "--max-steps", "4", "--output-dir", str(alone),
+                  config="ddp.yaml", track="multi-gpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(2, "--config", str(two), "--max-steps", "2", "--output-dir", str(sharded),
+                  config="fsdp-qlora.yaml", track="multi-gpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = launch(2, "--resume", str(sharded), "--max-steps", "4", config="fsdp-qlora.yaml", track="multi-gpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary(sharded)
+    assert (s["world_size"], s["micro_batches_per_step"], s["steps"]) == (2, 2, 4)
+    # bf16 LoRA and norms under FSDP against the fp32 ones of k-bit preparation: close, not equal
+    assert losses(sharded) == pytest.approx(losses(alone), rel=3e-2)
+    assert (sharded / "adapter" / "adapter_model.safetensors").is_file()

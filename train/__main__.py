@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
         team = Team(cpu=track.gpus == 0)  # joins the other processes of an `accelerate launch`
         rules.check_processes(budget_rules, track, team.size)
+        if team.sharded and recipe.train.optimizer != "adamw":
+            raise RecipeError(f"train.optimizer = {recipe.train.optimizer!r} under FSDP: FSDP gathers no bitsandbytes "
+                              "8-bit state for a checkpoint (each rank keeps its own); use optimizer = 'adamw'")
         model_type = load_base_config(recipe.model.base).model_type
         warning = rules.check_base_model(budget_rules, recipe.model.base, model_type,
                                          recipe.model.allow_unapproved or args.allow_unapproved_model)

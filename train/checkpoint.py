@@ -15,6 +15,7 @@ import random
 import shutil
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +47,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, state: dict) -> Path:
-    """Write a checkpoint aside, rename it into place, publish its adapter, prune old ones."""
+def save_checkpoint(run_dir: Path, model, optimizer_state: dict, state: dict, weights: dict | None = None) -> Path:
+    """Write a checkpoint aside, rename it into place, publish its adapter, prune old ones.
+    `weights`: the full model state dict where `model` holds a shard (train.ranks.Team.gather_state)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:07d}"
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, tmp / "adapter")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_adapter(model, tmp / "adapter", weights)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     fsync_tree(tmp)
@@ -67,10 +69,17 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: dict) -> Path:
     return final
 
 
-def load_checkpoint(checkpoint: Path, model, optimizer) -> dict:
-    """Restore adapter weights, optimizer and RNG state; return the saved loop state. Every file is
-    read before anything is restored, so a damaged checkpoint raises and changes nothing."""
-    from peft import set_peft_model_state_dict
+@dataclass
+class Saved:
+    """A checkpoint's files, all read: restoring starts only once nothing can fail to read."""
+    path: Path
+    weights: dict  # the adapter's, as peft saves them
+    optimizer: dict
+    rng: dict
+    state: dict  # the training loop's (step, data position, tokens, loss, micro-batches per step)
+
+
+def read_checkpoint(checkpoint: Path) -> Saved:
     from safetensors.torch import load_file
 
     weights = load_file(checkpoint / "adapter" / "adapter_model.safetensors")
@@ -79,10 +88,18 @@ def load_checkpoint(checkpoint: Path, model, optimizer) -> dict:
     state = json.loads((checkpoint / "state.json").read_text())
     if state["step"] != int(checkpoint.name.removeprefix("step-")):
         raise ValueError(f"state.json says step {state['step']}")
-    set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(optimizer_state)
-    set_rng_state(rng)
-    return state
+    return Saved(checkpoint, weights, optimizer_state, rng, state)
+
+
+def read_newest_checkpoint(run_dir: Path) -> Saved | None:
+    """The newest checkpoint whose files all read, saying why a newer one was skipped; None if none does."""
+    for checkpoint in reversed(checkpoint_dirs(run_dir)):
+        try:
+            return read_checkpoint(checkpoint)
+        except Exception as error:  # noqa: BLE001 - truncated, missing or garbled files all mean "damaged"
+            print(f"warning     checkpoint {checkpoint.name} is damaged ({type(error).__name__}: {error}); "
+                  "trying the one before", file=sys.stderr, flush=True)
+    return None
 
 
 def saved_step_size(run_dir: Path) -> int | None:
@@ -96,15 +113,11 @@ def saved_step_size(run_dir: Path) -> int | None:
     return None
 
 
-def load_newest_checkpoint(run_dir: Path, model, optimizer) -> tuple[Path, dict] | None:
-    """Restore the newest checkpoint that loads, saying why a newer one was skipped; None if none does."""
-    for checkpoint in reversed(checkpoint_dirs(run_dir)):
-        try:
-            return checkpoint, load_checkpoint(checkpoint, model, optimizer)
-        except Exception as error:  # noqa: BLE001 - truncated, missing or garbled files all mean "damaged"
-            print(f"warning     checkpoint {checkpoint.name} is damaged ({type(error).__name__}: {error}); "
-                  "trying the one before", file=sys.stderr, flush=True)
-    return None
+def restore_weights(model, saved: Saved) -> None:
+    """The adapter's weights into the PEFT model (before any wrapper shards it)."""
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, saved.weights)
 
 
 def publish_adapter(run_dir: Path, source: Path, link: bool = False) -> None:
@@ -116,10 +129,10 @@ def publish_adapter(run_dir: Path, source: Path, link: bool = False) -> None:
     _swap_in(run_dir, staging)
 
 
-def save_final_adapter(run_dir: Path, model) -> None:
+def save_final_adapter(run_dir: Path, model, weights: dict | None = None) -> None:
     staging = run_dir / "adapter.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    save_adapter(model, staging)
+    save_adapter(model, staging, weights)
     fsync_tree(staging)
     _swap_in(run_dir, staging)
 

@@ -80,8 +80,8 @@ def train_step(model, optimizer, micro_batches: list[dict[str, torch.Tensor]], l
             loss.backward()
         total += loss.item()
     if max_grad_norm > 0:
-        if accelerator:
-            accelerator.clip_grad_norm_(trained, max_grad_norm)
+        if accelerator:  # all of the model's parameters: FSDP then clips by the norm over every shard
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
         else:
             torch.nn.utils.clip_grad_norm_(trained, max_grad_norm)
     optimizer.step()

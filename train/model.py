@@ -61,11 +61,12 @@ def flash_attn_imports() -> bool:
     return True
 
 
-def nf4_config(dtype: torch.dtype, double_quant: bool = True):
+def nf4_config(dtype: torch.dtype, double_quant: bool = True, storage: torch.dtype = torch.uint8):
+    """NF4 weights; `storage` is the dtype their packed bytes are held in (FSDP needs the model's)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
-                              bnb_4bit_compute_dtype=dtype)
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=storage)
 
 
 def load_tokenizer(model_id: str):
@@ -97,18 +98,24 @@ def load_base(model_id: str, dtype: torch.dtype, attention: str, quantization=No
 # --- training ----------------------------------------------------------------------------------
 
 
-def load_model(recipe: Recipe):
+def load_model(recipe: Recipe, sharded: bool = False):
     """Base model in NF4 (double quantization, the compute dtype of the rule), prepared for k-bit
-    training with gradient checkpointing, with LoRA on the recipe's target projections."""
+    training with gradient checkpointing, with LoRA on the recipe's target projections.
+
+    `sharded` (FSDP) follows the published FSDP+QLoRA recipe: FSDP flattens each wrapped block's
+    parameters into one tensor of one dtype, so the packed 4-bit weights are stored in the compute
+    dtype, nothing is upcast to fp32 (no prepare_model_for_kbit_training) and LoRA is cast to it."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     m, t = recipe.model, recipe.train
     dtype = compute_dtype(m.compute_dtype)
-    quantization = nf4_config(dtype, m.double_quant) if m.quantization == "nf4" else None
+    quantization = None
+    if m.quantization == "nf4":
+        quantization = nf4_config(dtype, m.double_quant, storage=dtype if sharded else torch.uint8)
     model = load_base(m.base, dtype, attention_implementation(m.attention), quantization)
     model.config.use_cache = False
     ckpt_kwargs = {"use_reentrant": False}
-    if m.quantization == "nf4":
+    if m.quantization == "nf4" and not sharded:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=t.gradient_checkpointing, gradient_checkpointing_kwargs=ckpt_kwargs)
     elif t.gradient_checkpointing:
@@ -123,12 +130,17 @@ def load_model(recipe: Recipe):
         from transformers.integrations.neftune import activate_neftune
 
         activate_neftune(model, t.neftune_alpha)
+    if sharded:
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(dtype)
     return model
 
 
-def save_adapter(model, folder: Path) -> None:
-    """peft's adapter folder, plus the quantization of the base weights it was trained on."""
-    model.save_pretrained(folder)
+def save_adapter(model, folder: Path, state_dict: dict | None = None) -> None:
+    """peft's adapter folder, plus the quantization of the base weights it was trained on.
+    `state_dict`: the full model's, when the model itself holds only a shard (FSDP)."""
+    model.save_pretrained(folder, state_dict=state_dict)
     quantization = getattr(model.config, "quantization_config", None)
     if quantization is not None:
         (Path(folder) / BASE_QUANTIZATION).write_text(quantization.to_json_string(use_diff=False))

@@ -56,6 +56,7 @@ class StepPlan:
     """What every rank does next, as rank 0 decided it."""
     stop: str | None  # None: train a step; "budget" or "signal": stop here
     progress: float  # rank 0's share of the training window used (for the learning rate)
+    checkpoint: bool = False  # save a checkpoint first
 
 
 class Team:
@@ -70,6 +71,10 @@ class Team:
         if self.accelerator.mixed_precision != "no":
             raise ValueError(f"the accelerate config sets mixed_precision = {self.accelerator.mixed_precision!r}: "
                              "precision is the recipe's train.autocast; set mixed_precision: 'no'")
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not self.sharded:
+            raise ValueError("the accelerate config asks for FSDP, which accelerate runs on CUDA GPUs only (these "
+                             "CPU processes would silently run DDP): on the cpu track launch with "
+                             "configs/accelerate/cpu-gloo.yaml")
         self.rank = self.accelerator.process_index
         self.size = self.accelerator.num_processes
         self.main = self.accelerator.is_main_process
@@ -81,12 +86,48 @@ class Team:
         return f"{self.size} process(es), {str(state.distributed_type).rsplit('.', 1)[-1]}{backend}"
 
     # -- the model ------------------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        """FSDP: each rank holds a shard of the weights, gradients and optimizer state."""
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
     def wrap(self, model):
         """The model as the launch config distributes it (DDP, FSDP; unchanged for one process)."""
-        return self.accelerator.prepare_model(model, device_placement=False) if self.distributed else model
+        if not self.distributed:
+            return model
+        if self.sharded:
+            # peft's policy wraps LoRA layers apart from the frozen blocks: FSDP (without
+            # use_orig_params) flattens only parameters that all train or all stay frozen.
+            from peft.utils.other import fsdp_auto_wrap_policy
 
-    def unwrap(self, model):
-        return self.accelerator.unwrap_model(model) if self.distributed else model
+            self.accelerator.state.fsdp_plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
+        return self.accelerator.prepare_model(model, device_placement=False)
+
+    def gather_state(self, model, optimizer=None) -> tuple[dict | None, dict | None]:
+        """(the full model state dict or None where the model itself can save, the full optimizer
+        state) for rank 0 to write: a collective call under FSDP, which gathers the shards."""
+        if not self.sharded:
+            return None, optimizer.state_dict() if optimizer is not None and self.main else None
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        return weights, get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else None
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        """Every rank restores the full saved state (under FSDP, each keeps its shard of it)."""
+        if not self.sharded:
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
     # -- agreeing -------------------------------------------------------------------------------
     def _sum(self, values: list[float]) -> list[float]:
@@ -126,13 +167,14 @@ class Team:
         """True on every rank if it is true on any."""
         return self._sum([float(flag)])[0] > 0
 
-    def plan_step(self, budget_stop: bool, signalled: bool, progress: float) -> StepPlan:
+    def plan_step(self, budget_stop: bool, signalled: bool, progress: float, checkpoint: bool) -> StepPlan:
         """Before each step: stop if rank 0's watchdog says so or any rank was signalled; the
-        progress is rank 0's (the others pass 0)."""
-        budget, signal, progress = self._sum([float(budget_stop and self.main), float(signalled),
-                                              progress if self.main else 0.0])
+        progress and whether to checkpoint are rank 0's (the others pass 0)."""
+        budget, signal, progress, checkpoint = self._sum([float(budget_stop and self.main), float(signalled),
+                                                          progress if self.main else 0.0,
+                                                          float(checkpoint and self.main)])
         stop = "signal" if signal else "budget" if budget else None
-        return StepPlan(stop, progress)
+        return StepPlan(stop, progress, checkpoint > 0)
 
     def step_totals(self, loss: float, tokens: int) -> tuple[float, int]:
         """After each step: the mean loss over ranks (each rank's is the mean over its micro-batches,

@@ -26,12 +26,14 @@ from transformers import set_seed
 from train import data
 from train import model as model_lib
 from train.checkpoint import (
-    load_newest_checkpoint,
     publish_adapter,
     publish_lock,
+    read_newest_checkpoint,
     recover_adapter,
+    restore_weights,
     save_checkpoint,
     save_final_adapter,
+    set_rng_state,
 )
 from train.durable import write_atomic
 from train.ledger import Ledger
@@ -100,6 +102,7 @@ class TrainingRun:
         self.model = self.trained = self.optimizer = self.metrics = None  # trained: the PEFT model inside any wrapper
         self.data_dropped: dict[str, int] = {}  # records the recipe's [curation] options dropped, by reason
         self.last_checkpoint = time.monotonic()
+        self.checkpointed_step = 0  # the step of this attempt's latest checkpoint (or of the one resumed)
 
     def _start_records(self, started: float) -> float:
         """Rank 0: the run folder, its recipe and this attempt in the ledger; returns the time left."""
@@ -177,11 +180,16 @@ class TrainingRun:
                                                     if self.resume else "")
                  + (f"\nprocesses   {self.team.describe()}" if self.team.distributed else ""))
         set_seed(self.recipe.train.seed)  # LoRA's initial weights, dropout: the same run twice gives the same adapter
+        saved = None
         with self.ledger.phase("load"):
             tokenizer = model_lib.load_tokenizer(self.recipe.model.base)
-            self.trained = model_lib.load_model(self.recipe)
+            self.trained = model_lib.load_model(self.recipe, sharded=self.team.sharded)
+            if self.resume and (saved := read_newest_checkpoint(self.run_dir)):  # every rank reads the same one
+                restore_weights(self.trained, saved)  # before a wrapper shards the weights
             self.model = self.team.wrap(self.trained)
             self.optimizer = model_lib.make_optimizer(self.recipe, self.model)
+            if saved:
+                self.team.load_optimizer_state(self.model, self.optimizer, saved.optimizer)
         if self.team.any(self.watchdog.reason == "signal"):
             return self.signalled_before_training()
         with self.ledger.phase("data"):  # the data report is rank 0's
@@ -193,23 +201,21 @@ class TrainingRun:
         self.say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
                  f"{batches.per_epoch} batches/epoch; " + ("packing" if batches.packed else "pad-to-longest")
                  + f" efficiency {tokens / slots:.1%} (non-pad tokens / token slots)")
-        if self.resume:
-            with self.ledger.phase("load"):  # every rank restores the same checkpoint
-                loaded = load_newest_checkpoint(self.run_dir, self.trained, self.optimizer)
-            if loaded:
-                checkpoint, saved = loaded
-                self.state = LoopState(saved["step"], saved["position"], saved["tokens"], saved["loss"],
-                                       self.state.micro_batches_per_step)
-                if self.team.main:  # adapter/ may hold a newer, damaged checkpoint's files: publish the one resumed
-                    with self.ledger.phase("checkpoint"):
-                        publish_adapter(self.run_dir, checkpoint / "adapter", link=True)
-                self.say(f"resumed     from {checkpoint.name} (step {self.state.step})")
-            else:
-                self.say("resumed     from step 0: no checkpoint to resume from")
-        if self.team.main and not (self.run_dir / "adapter").exists():
+        if saved:
+            set_rng_state(saved.rng)  # after the data phase, where the uninterrupted run had it
+            at = saved.state
+            self.state = LoopState(at["step"], at["position"], at["tokens"], at["loss"], self.state.micro_batches_per_step)
+            self.checkpointed_step = self.state.step
+            if self.team.main:  # adapter/ may hold a newer, damaged checkpoint's files: publish the one resumed
+                with self.ledger.phase("checkpoint"):
+                    publish_adapter(self.run_dir, saved.path / "adapter", link=True)
+            self.say(f"resumed     from {saved.path.name} (step {self.state.step})")
+        elif self.resume:
+            self.say("resumed     from step 0: no checkpoint to resume from")
+        if self.team.share(not (self.run_dir / "adapter").exists() if self.team.main else None):
             # Publish the untrained adapter at once: the run has a servable result from here on, and
             # the save's cost is measured before the watchdog must rely on it.
-            self.measured_save(lambda: save_final_adapter(self.run_dir, self.trained))
+            self.measured_save(self.publish)
         self.ledger.mark_train_origin()
         if self.team.main:
             self.metrics = MetricsLog(self.run_dir, self.recipe, self.limits.budget_s, resumed_step=self.state.step)
@@ -221,13 +227,30 @@ class TrainingRun:
                 self.metrics.close()
             if self.peers:
                 self.peers.stop()
-        if self.team.main:
-            if reason != "budget":  # no deadline pressure: leave a checkpoint that --resume can extend
-                with self.ledger.phase("checkpoint"):
-                    save_checkpoint(self.run_dir, self.trained, self.optimizer, asdict(self.state))
-            with self.ledger.phase("final_save"):
-                save_final_adapter(self.run_dir, self.trained)
+        if reason != "budget" and self.state.step != self.checkpointed_step:
+            with self.ledger.phase("checkpoint"):  # no deadline pressure: leave one that --resume can extend
+                self.write_checkpoint()
+        with self.ledger.phase("final_save"):
+            self.publish()
         return self.end(reason, EXIT_SIGNAL if reason == "signal" else EXIT_OK)
+
+    # -- saving: every rank calls these at the same step (FSDP gathers the shards), rank 0 writes --
+    def write_checkpoint(self) -> None:
+        weights, optimizer_state = self.team.gather_state(self.model, self.optimizer)
+        if self.team.main:
+            save_checkpoint(self.run_dir, self.trained, optimizer_state, asdict(self.state), weights)
+
+    def checkpoint(self) -> None:
+        """A periodic checkpoint, its cost told to the watchdog (a failed one is reported, training goes on)."""
+        self.measured_save(self.write_checkpoint)
+        self.checkpointed_step = self.state.step
+        self.last_checkpoint = time.monotonic()
+
+    def publish(self) -> None:
+        """The adapter as it is now, as the run's result (adapter/)."""
+        weights, _ = self.team.gather_state(self.model)
+        if self.team.main:
+            save_final_adapter(self.run_dir, self.trained, weights)
 
     def signalled_before_training(self) -> int:
         self.say("\nstopped by a signal before training started: no adapter was saved in this attempt")
@@ -247,12 +270,17 @@ class TrainingRun:
         return exit_code
 
     def plan_step(self) -> StepPlan:
-        """Before each step, on every rank: rank 0's watchdog and clock decide, a signal on any rank stops all."""
+        """Before each step, on every rank: rank 0's watchdog and clock decide (stop, learning-rate
+        progress, checkpoint), a signal on any rank stops all."""
         w = self.watchdog
+        due = self.team.main and self.state.step != self.checkpointed_step and (
+            self.state.step == 1 or time.monotonic() - self.last_checkpoint >= self.limits.checkpoint_every_s)
         plan = self.team.plan_step(w.reason == "budget", w.reason == "signal",
-                                   self.time_progress() if self.team.main else 0.0)
+                                   self.time_progress() if self.team.main else 0.0, due)
         if plan.stop:
             w.request_stop(plan.stop)  # rank 0 records a stop another rank was signalled for
+        elif plan.checkpoint:
+            self.checkpoint()
         return plan
 
     def time_progress(self) -> float:
@@ -272,10 +300,6 @@ class TrainingRun:
                "step_time_s": round(seconds, 4), "peak_mem_mib": round(peak_memory_mib(), 1),
                "used_s": round(self.ledger.used(), 3)}
         self.metrics.log(row, self.ledger.used(), self.ledger.left())
-        due = time.monotonic() - self.last_checkpoint >= self.limits.checkpoint_every_s
-        if (state.step == 1 or due) and not self.watchdog.stop.is_set():
-            self.measured_save(lambda: save_checkpoint(self.run_dir, self.trained, self.optimizer, asdict(state)))
-            self.last_checkpoint = time.monotonic()
 
     def measured_save(self, save) -> None:
         """Run a save in the checkpoint phase and tell the watchdog what it cost. A save the disk
