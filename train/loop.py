@@ -60,7 +60,7 @@ def train_step(model, optimizer, micro_batches: list[dict[str, torch.Tensor]], l
 
     Under flash-attention a packed micro-batch is flattened into one row (train.packing.flatten),
     the only layout in which its examples stay apart. With an `accelerator` (several processes) the
-    wrapper sums gradients over ranks once, on the last micro-batch, and clips the summed ones."""
+    wrapper averages gradients over ranks once, on the last micro-batch, and clips the averaged ones."""
     from transformers.utils.generic import is_flash_attention_requested
 
     for group in optimizer.param_groups:

@@ -8,9 +8,10 @@ nothing.
 
 Rank 0 owns everything the run decides and writes: the ledger, the budget watchdog, metrics,
 checkpoints, the adapter, the summary. Each optimizer step the ranks exchange a few numbers in one
-all-reduce before the step (stop or go, and the learning-rate progress only rank 0's clock knows)
-and one after it (the step's loss and tokens), so all stop at the same boundary with the same
-learning rate. Gradients are summed by the wrapper itself.
+all-reduce before the step (stop or go, the learning-rate progress only rank 0's clock knows,
+whether to checkpoint first) and one after it (the step's loss and tokens), so all stop at the same
+boundary with the same learning rate, and all join a checkpoint (FSDP gathers its shards for rank 0
+to write). Gradients are averaged by the wrapper itself.
 
 Data: one optimizer step consumes `micro_batches_per_step` micro-batches of the global order,
 rank r taking every world-size-th one from its offset r. That number is fixed for the whole run,
