@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
@@ -28,12 +29,24 @@ def launch(processes: int, *args: str, timeout: float = 300, **where: str) -> su
                           timeout=timeout, check=False)
 
 
-def ranks_of(launcher: subprocess.Popen, processes: int = 2, timeout: float = 120) -> dict[int, psutil.Process]:
-    """The launcher's rank processes, by rank."""
+@pytest.fixture
+def reap():
+    """Processes a test started, killed at its end whatever happened: a failed test leaves no rank behind."""
+    started: list[psutil.Process] = []
+    yield started
+    for process in started:
+        with suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def ranks_of(launcher: subprocess.Popen, reap: list, processes: int = 2, timeout: float = 120) -> dict[int, psutil.Process]:
+    """The launcher's rank processes, by rank (the launcher and they are reaped after the test)."""
     deadline = time.monotonic() + timeout
+    reap.append(psutil.Process(launcher.pid))
     while True:
         children = psutil.Process(launcher.pid).children()
         if len(children) == processes:
+            reap.extend(children)
             return {int(child.environ()["RANK"]): child for child in children}
         assert time.monotonic() < deadline and launcher.poll() is None, "the ranks did not start"
         time.sleep(0.1)
@@ -78,14 +91,14 @@ def test_two_processes_take_the_steps_of_one_accumulating_twice_and_resume_on_on
     assert summary(shared)["steps"] == 6 and len(json.loads((shared / "ledger.json").read_text())["attempts"]) == 2
 
 
-def test_a_hard_stop_ends_every_rank_inside_the_budget(tmp_path: Path):
+def test_a_hard_stop_ends_every_rank_inside_the_budget(tmp_path: Path, reap: list):
     run = tmp_path / "run"
     started = time.monotonic()
     launcher = subprocess.Popen(launch_cmd(2, "--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "40s",
                                            "--output-dir", str(run)),
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "HARNESS_TEST_HANG_AT_STEP": "3"})  # every rank hangs there
-    ranks = ranks_of(launcher)
+    ranks = ranks_of(launcher, reap)
     ended = {}
     psutil.wait_procs(list(ranks.values()), timeout=120,
                       callback=lambda p: ended.setdefault(p.pid, time.monotonic() - started))
@@ -96,12 +109,12 @@ def test_a_hard_stop_ends_every_rank_inside_the_budget(tmp_path: Path):
     assert s["stop_reason"] == "hard_stop:deadline" and s["steps"] == 2 and s["used_s"] <= 40
 
 
-def test_kill_9_of_rank_0_stops_the_other_and_the_run_resumes_then_stops_on_ctrl_c(tmp_path: Path):
+def test_kill_9_of_rank_0_stops_the_other_and_the_run_resumes_then_stops_on_ctrl_c(tmp_path: Path, reap: list):
     run = tmp_path / "run"
     recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "1s"')
     launcher = subprocess.Popen(launch_cmd(2, "--config", str(recipe), "--budget", "5m", "--output-dir", str(run)),
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ranks = ranks_of(launcher)
+    ranks = ranks_of(launcher, reap)
     wait_for(lambda: len(list((run / "checkpoints").glob("step-*"))) >= 2 and rows(run) >= 4, launcher)
     killed_at = time.monotonic()
     ranks[0].kill()
@@ -115,6 +128,7 @@ def test_kill_9_of_rank_0_stops_the_other_and_the_run_resumes_then_stops_on_ctrl
     # gracefully, with a checkpoint.
     launcher = subprocess.Popen(launch_cmd(2, "--resume", str(run)), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ranks_of(launcher, reap)
     wait_for(lambda: rows(run) >= trained + 2, launcher)  # training again, past where the kill left it
     os.killpg(launcher.pid, signal.SIGINT)
     _, err = launcher.communicate(timeout=120)
@@ -156,3 +170,24 @@ def test_fsdp_qlora_on_two_gpus_takes_the_steps_of_one_gpu_accumulating_twice(tm
     # bf16 LoRA and norms under FSDP against the fp32 ones of k-bit preparation: close, not equal
     assert losses(sharded) == pytest.approx(losses(alone), rel=3e-2)
     assert (sharded / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_hung_rank_is_found_by_its_silence_and_ends_the_run(tmp_path: Path, reap: list):
+    # A stopped process keeps its sockets open, so rank 0's collective just waits (as NCCL waits for a
+    # dead GPU peer): only the heartbeats in the launcher's store tell it the rank is gone.
+    run = tmp_path / "run"
+    launcher = subprocess.Popen(launch_cmd(2, "--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "5m",
+                                           "--output-dir", str(run)),
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks = ranks_of(launcher, reap)
+    wait_for(lambda: rows(run) >= 3, launcher)
+    stopped_at = time.monotonic()
+    ranks[1].suspend()
+    ranks[0].wait(timeout=60)
+    assert 5 <= time.monotonic() - stopped_at < 15
+    s = summary(run)
+    assert s["stop_reason"] == "hard_stop:rank 1 stopped answering for 5s" and s["exit_code"] == 7
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    ranks[1].resume()  # it finds rank 0's hard stop (or its lost connection) and leaves at once
+    ranks[1].wait(timeout=15)
+    launcher.wait(timeout=60)
