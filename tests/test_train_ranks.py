@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.helpers import REPO, launch_cmd, run_train, summary, write_recipe
+from tests.test_train_budget import wait_for
 
 # Exact recipe: no dropout, a constant rate, fp32 AdamW; the losses then agree to float rounding.
 EXACT = "[lora]\ndropout = 0.0"
@@ -49,14 +50,6 @@ def ranks_of(launcher: subprocess.Popen, reap: list, processes: int = 2, timeout
             reap.extend(children)
             return {int(child.environ()["RANK"]): child for child in children}
         assert time.monotonic() < deadline and launcher.poll() is None, "the ranks did not start"
-        time.sleep(0.1)
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, "the run ended early"
-        assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
 
 
