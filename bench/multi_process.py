@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,27 +25,20 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import launch_cmd, train_cmd  # the commands the README gives, as the tests run them
 
 
 def command(processes: int, args: list[str]) -> list[str]:
-    if processes == 1:
-        return [sys.executable, "-m", "train", *args]
-    return [str(Path(sys.executable).parent / "accelerate"), "launch",
-            "--config_file", str(REPO / "configs" / "accelerate" / "cpu-gloo.yaml"),
-            "--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", "train", *args]
+    return train_cmd("--track", "cpu", *args) if processes == 1 else launch_cmd(processes, *args)
 
 
 def run(processes: int, threads: int, recipe: str, steps: int, warmup: int, out: Path) -> float:
     """One real run (`recipe` with `{grad_accum}` to fill); its median tokens/s after the warm-up."""
     side_recipe = out.with_suffix(".toml")
     side_recipe.write_text(recipe.format(grad_accum=2 // processes))  # two micro-batches per step on every side
-    args = ["--config", str(side_recipe), "--track", "cpu", "--max-steps", str(steps), "--output-dir", str(out),
+    args = ["--config", str(side_recipe), "--max-steps", str(steps), "--output-dir", str(out),
             "--checkpoint-every", "24h"]
     proc = subprocess.run(command(processes, args), cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                           capture_output=True, text=True, check=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from accelerate.utils import DistributedType
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import free_port
 from train.rules import (
     DEFAULT_BUDGET_FILE,
     OVERRIDE_FLAG,
@@ -323,13 +323,10 @@ os.write(1, line.encode())  # one write, so the two processes' lines do not inte
 def test_cpu_gloo_config_launches_two_gloo_processes(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(_PROBE, encoding="utf-8")
-    with socket.socket() as s:  # a free port: the default 29500 may be taken by another launch
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     accelerate = Path(sys.executable).parent / "accelerate"
     result = subprocess.run(
         [str(accelerate), "launch", "--config_file", str(ACCELERATE_CONFIGS / "cpu-gloo.yaml"),
-         "--main_process_port", str(port), str(probe)],
+         "--main_process_port", str(free_port()), str(probe)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
