@@ -46,9 +46,11 @@ def ranks_of(launcher: subprocess.Popen, reap: list, processes: int = 2, timeout
     reap.append(psutil.Process(launcher.pid))
     while True:
         children = psutil.Process(launcher.pid).children()
-        if len(children) == processes:
+        # A child just forked still shows the launcher's environment until it execs the rank.
+        environments = [child.environ() for child in children]
+        if len(children) == processes and all("RANK" in environment for environment in environments):
             reap.extend(children)
-            return {int(child.environ()["RANK"]): child for child in children}
+            return {int(environment["RANK"]): child for environment, child in zip(environments, children, strict=True)}
         assert time.monotonic() < deadline and launcher.poll() is None, "the ranks did not start"
         time.sleep(0.1)
 
