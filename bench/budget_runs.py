@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from train.rules import parse_duration
+from core.rules import parse_duration
 
 
 def one_run(budget: str, folder: Path) -> dict:

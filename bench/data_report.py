@@ -9,9 +9,9 @@ English-like text. Each mix has planted cases: 1% exact duplicates, 1% near dupl
 changed) and 0.5% records carrying 13 words of an evaluation instance, and the bench checks that the
 report finds them (the near duplicates: at least 98%, as MinHash only estimates similarity).
 
-For each size it times the whole report (`train.curation.curate` with every check, then the report's
+For each size it times the whole report (`train.data.curation.curate` with every check, then the report's
 tables and packing efficiency; the records are read from a JSONL file) and, separately, the dedup pass
-(`train.dedup.find_duplicates` on the records' word ids). It prints records/s and the ratio of each
+(`train.data.dedup.find_duplicates` on the records' word ids). It prints records/s and the ratio of each
 size's rate to the smallest size's, measured in the same run: 1.0 means linear cost. Rates are given by
 wall clock and by the process's CPU time (all threads), which machine load disturbs less.
 
@@ -29,14 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from train import data_report
-from train.contamination import load_eval_sets
-from train.curation import curate
-from train.data import render_sources
-from train.dedup import find_duplicates
-from train.model import load_tokenizer
+from core.models import load_tokenizer
+from train.data import report as data_report
+from train.data.contamination import load_eval_sets
+from train.data.curation import curate
+from train.data.dedup import find_duplicates
+from train.data.ngrams import Vocabulary
+from train.data.pipeline import render_sources
 from train.recipe import load_recipe
-from train.words import Vocabulary
 
 REPO = Path(__file__).resolve().parent.parent
 BIGBENCH_EXAMPLES = 500  # per BIG-bench entry; HELM's split evaluates 40% of them
@@ -61,7 +61,7 @@ class Lexicon:
 
 def write_eval_root(root: Path, lex: Lexicon) -> None:
     """Every scenario's files in the judges' formats (eval/sources.py), at about the real sizes."""
-    from eval.scenarios import BIGBENCH_TASKS, MMLU_BUDGETS
+    from eval.open_scenarios import BIGBENCH_TASKS, MMLU_BUDGETS
     from eval.sources import BBQ_CATEGORIES, MATH_SUBJECTS
 
     def say(low: int, high: int) -> str:

@@ -51,7 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from train.rules import parse_duration
+from core.rules import parse_duration
 
 KILL_SLACK_S = 1.0  # the ledger's write interval: what a kill -9 may take from the record
 RECIPE = """name = "faults"
@@ -306,7 +306,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", help="keep every run folder under this folder (default: removed)")
     args = parser.parse_args()
-    from train.tiny import tiny_model_path
+    from core.tiny import tiny_model_path
 
     base = tiny_model_path()
     rng = random.Random(args.seed)

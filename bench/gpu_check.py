@@ -8,15 +8,15 @@ seconds is skipped and says so, so a slow machine still returns figures):
    directly on the device in bf16 and saved to local disk (/dev/shm when it has room), with the
    embedded tokenizer (padded with filler tokens up to the model's vocabulary);
 2. ours: `train.model.load_model` (NF4 + double quant, prepare_model_for_kbit_training, LoRA) and
-   `train.loop.train_step` over packed `train.packing` rows, gradient checkpointing, paged AdamW
+   `train.run.loop.train_step` over packed `train.data.packing` rows, gradient checkpointing, paged AdamW
    8-bit, bf16 autocast on CUDA; settings from configs/mistral-7b-qlora-4090.toml except the model,
    data (the bundled generated tasks), grad_accum (1) and the shape flags; one warm-up step, then
-   --steps timed steps; beside the peak, `train.plan`'s memory plan for the same shape and recipe;
+   --steps timed steps; beside the peak, `train.budget.plan`'s memory plan for the same shape and recipe;
 3. trainer: a plain transformers Trainer + peft on the same model, settings and precision
    (bf16=True on CUDA), loaded once, run twice: padding-free (`DataCollatorWithFlattening`, as many
    examples per step as fill our packed micro-batch: the fair baseline) and padded (pad-to-longest
    batches of --micro-batch examples, or --baseline-batch: the usual script);
-4. cap: our step again under the rtx4090-24gb track's memory cap (train.rules.apply_gpu_limits, less
+4. cap: our step again under the rtx4090-24gb track's memory cap (train.budget.limits.apply_gpu_limits, less
    the CUDA context and the paged optimizer state): does it fit? (CPU mode: no cap can be enforced,
    the measured peak is compared with it);
 5. serve: the adapter trained in phase 2 served by submission.engine (loaded by
@@ -57,13 +57,15 @@ from train_throughput import (  # bench/ is on sys.path
     time_trainer,
 )
 
-from train.data import build_examples, make_batches
-from train.model import attention_implementation, compute_dtype, load_model, load_tokenizer, make_optimizer
-from train.packing import Example
-from train.plan import memory_terms, paged_state_gib, shape_of
+from core.models import attention_implementation, compute_dtype, load_tokenizer
+from core.rules import load_rules
+from core.tiny import EMBEDDED_ID
+from train.budget.limits import apply_gpu_limits
+from train.budget.plan import memory_terms, paged_state_gib, shape_of
+from train.data.packing import Example
+from train.data.pipeline import build_examples, make_batches
+from train.model import load_model, make_optimizer
 from train.recipe import CONFIG_DIR, Recipe, load_recipe
-from train.rules import apply_gpu_limits, load_rules
-from train.tiny import EMBEDDED_ID
 
 CAP_TRACK = "rtx4090-24gb"
 GPU_RECIPE = CONFIG_DIR / "mistral-7b-qlora-4090.toml"
@@ -242,7 +244,7 @@ def train_ours(recipe: Recipe, tokenizer, steps: int, adapter_dir: Path | None) 
 
 
 def planned_memory(recipe: Recipe) -> dict:
-    """train.plan's estimate for this recipe: the terms the caching allocator holds (to set beside
+    """train.budget.plan's estimate for this recipe: the terms the caching allocator holds (to set beside
     its measured peak), and the whole card including the context and the paged optimizer state."""
     terms = memory_terms(shape_of(recipe.model.base), recipe, on_gpu=on_cuda())
     outside = {"CUDA context"} | ({"optimizer state"} if recipe.train.optimizer.startswith("paged") else set())
@@ -416,7 +418,7 @@ def summary(figures: dict) -> list[str]:
     if "ours" in figures:
         o = figures["ours"]
         measured = "peak allocated" if figures["device"]["device"] != "cpu" else "process max RSS (not comparable)"
-        lines.append(f"memory plan (train.plan): {o['plan_allocator_gib']:.2f} GiB in the allocator against "
+        lines.append(f"memory plan (train.budget.plan): {o['plan_allocator_gib']:.2f} GiB in the allocator against "
                      f"{o['peak_allocated_gib']:.2f} GiB measured {measured}; {o['plan_card_gib']:.2f} GiB on the "
                      "card with the context and the paged optimizer state")
     if "cap" in figures:

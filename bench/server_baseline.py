@@ -24,8 +24,9 @@ import uvicorn
 from fastapi import FastAPI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.embedded import resolve_model_id
+from core.tiny import EMBEDDED_ID
 from submission.api import ProcessRequest
-from train.tiny import EMBEDDED_ID, resolve_model_id
 
 app = FastAPI()
 lock = threading.Lock()  # the samples served one request at a time

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from train.generated import TASKS
-from train.tiny import EMBEDDED_ID
+from core.generated import TASKS
+from core.tiny import EMBEDDED_ID
 
 ROOT = Path(__file__).resolve().parent.parent
 PROSE = ROOT / "train" / "assets" / "prose.txt"

@@ -2,7 +2,7 @@
 
 Every side uses the same model, NF4 + LoRA settings, data (the recipe's sources), precision (fp32,
 or bf16 autocast with --autocast bf16, as Trainer(bf16=True)) and number of optimizer steps:
-- ours: `train.loop.train_step` over `train.packing` batches (packed rows when the recipe packs);
+- ours: `train.run.loop.train_step` over `train.data.packing` batches (packed rows when the recipe packs);
 - trainer-flat, the fair baseline: a plain `transformers.Trainer` on a QLoRA model loaded the usual
   way with transformers' padding-free `DataCollatorWithFlattening`, as many examples per step as
   carry the same tokens as our packed micro-batch: the ratio measures the implementation;
@@ -31,19 +31,13 @@ from pathlib import Path
 
 import torch
 
-from train.data import build_examples, make_batches
-from train.loop import autocast_dtype, train_step
-from train.model import (
-    attention_implementation,
-    compute_dtype,
-    device,
-    load_model,
-    load_tokenizer,
-    make_optimizer,
-)
-from train.packing import Batches, Example
+from core.embedded import resolve_model_id
+from core.models import attention_implementation, compute_dtype, device, load_tokenizer
+from train.data.packing import Batches, Example
+from train.data.pipeline import build_examples, make_batches
+from train.model import load_model, make_optimizer
 from train.recipe import Recipe, load_recipe
-from train.tiny import resolve_model_id
+from train.run.loop import autocast_dtype, train_step
 
 # The recipe's optimizer names as TrainingArguments spells them.
 TRAINER_OPTIMIZERS = {"paged_adamw_8bit": "paged_adamw_8bit", "adamw_8bit": "adamw_8bit", "adamw": "adamw_torch"}

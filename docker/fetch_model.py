@@ -62,7 +62,7 @@ def place_local(source: str, dest: Path, what: str) -> None:
     """Build the embedded model into dest, or link dest to a folder of the build context."""
     if kind_of(source) == "embedded":
         os.environ["HARNESS_CACHE"] = tempfile.mkdtemp()
-        from train.tiny import tiny_model_path
+        from core.tiny import tiny_model_path
 
         shutil.move(tiny_model_path(), dest)
         print(f"fetch_model: built {EMBEDDED_ID} -> {dest}", flush=True)

@@ -11,6 +11,7 @@ COMMANDS = {
     "data": ("eval.data", "fetch offline task files (BIG-bench, BBQ-lite) into the cache"),
     "leaderboard": ("eval.leaderboard", "rank the entries with the organizers' rule"),
     "import": ("eval.importer", "import published results (the organizers' JSON format) as entries"),
+    "instances": ("eval.instances", "write every data-backed scenario's test instances to a file (for decontamination)"),
 }
 
 

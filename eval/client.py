@@ -26,7 +26,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from train.rules import load_rules
+from core.rules import load_rules
 
 CONTEXT_WINDOW = load_rules().max_total_tokens  # budget.toml: prompt + completion
 DEFAULT_CONCURRENCY = 30

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from eval.open_scenarios import BIGBENCH_TASKS
 from eval.perturb import word_list_status
-from eval.scenarios import BIGBENCH_TASKS
 
 PACKAGE = "bigbench"
 TASKS_DIR = "bigbench/benchmark_tasks/"
@@ -92,7 +92,7 @@ def download(work: Path) -> list[str] | Path:
 
 
 def main(args: argparse.Namespace) -> int:
-    from train.tiny import cache_root
+    from core.cache import cache_root
 
     root = Path(args.dest) if args.dest else cache_root() / "eval-data"
     print(word_list_status(root))

@@ -1,6 +1,6 @@
 """Target (b): evaluate a local Hugging Face model (plus an optional PEFT adapter) in-process.
 
-The model is loaded here, the way the server loads it (train.model.load_trained: a QLoRA adapter
+The model is loaded here, the way the server loads it (core.models.load_trained: a QLoRA adapter
 merged into the weights it was trained on), and handed to lm-eval's HFLM as an object: with
 transformers 5.x, lm-eval's own `load_in_4bit` model argument no longer works. Greedy requests stay
 greedy (HFLM does not sample at temperature 0); unlike the HTTP path, HFLM cuts completions at the
@@ -15,8 +15,8 @@ def load_local(model: str, adapter: str | Path | None = None, batch_size: int = 
     """An lm-eval HFLM over `model` (a folder, a hub id, or embedded:tiny-llama) with `adapter` merged."""
     from lm_eval.models.huggingface import HFLM
 
-    from train.model import device, load_trained
-    from train.rules import load_rules
+    from core.models import device, load_trained
+    from core.rules import load_rules
 
     net, tokenizer, _ = load_trained(model, adapter, "auto", "sdpa")
     return HFLM(pretrained=net, tokenizer=tokenizer, batch_size=batch_size, device=str(device()),

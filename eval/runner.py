@@ -17,7 +17,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from eval.scenarios import SCENARIOS, SUITES, MissingData, Scenario, TaskSpec, suite, write_task
+from eval.scenarios import SCENARIOS, SUITES, Scenario, suite
+from eval.task_files import write_task
+from eval.task_spec import MissingData, TaskSpec
 
 # The lm-eval metric each scoring template reports.
 SCORE_KEYS = {"exact_match": "em", "quasi_exact_match": "em", "final_token": "em", "rouge2": "rouge2",
@@ -152,8 +154,8 @@ def quiet_lm_eval() -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from core.cache import cache_root
     from eval.store import Store, check_track
-    from train.tiny import cache_root
 
     try:
         track = check_track(args.track)

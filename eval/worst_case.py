@@ -1,6 +1,6 @@
 """HELM's "EM (Robustness)" and "EM (Fairness)": the worst case per instance over the original and its copies.
 
-For each evaluation instance of a task that has perturbed copies (scenarios.with_copies), the robustness
+For each evaluation instance of a task that has perturbed copies (task_spec.with_copies), the robustness
 score is the minimum of its original's score and the scores of its robustness copies (mild_mix), the
 fairness score the minimum over the original and its fairness copies (dialect, gender, person names). An
 instance none of whose copies changed its input counts with its original score. A task's value is the mean
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from eval.perturb import PERTURBATIONS
-from eval.scenarios import TaskSpec
+from eval.task_spec import TaskSpec
 
 KINDS = sorted({kind.title() for _, kind in PERTURBATIONS})
 

@@ -1,5 +1,5 @@
 """Load the served model: the settings' base model (HF id or local folder) with its optional PEFT
-adapter, as it was trained, in the settings' quantization (train.model.load_trained: the one loader
+adapter, as it was trained, in the settings' quantization (core.models.load_trained: the one loader
 of training, serving and evaluation).
 
 nf4 and int8 keep the adapter beside the quantized base (merging into quantized weights would
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from core.models import load_trained
 from submission import attention
 from submission.settings import Settings
-from train.model import load_trained
 
 
 def load(settings: Settings) -> tuple[torch.nn.Module, object, str]:

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 
-from train.rules import load_rules
+from core.rules import load_rules
 
 QUANTIZATIONS = ("auto", "nf4", "int8", "bf16", "fp16", "fp32")
 

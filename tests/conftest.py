@@ -9,6 +9,6 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """Folder of the embedded tiny Llama (HF format: config, weights, tokenizer)."""
-    from train.tiny import tiny_model_path
+    from core.tiny import tiny_model_path
 
     return tiny_model_path()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, train_cmd
+from train.data.ngrams import words
 from train.recipe import RecipeError, load_recipe, parse_recipe
-from train.words import words
 
 
 def phrase(rng: random.Random, n: int) -> list[str]:
@@ -124,8 +124,8 @@ def test_report_finds_the_planted_cases_and_only_them(tmp_path: Path) -> None:
 
 
 def test_decontaminate_and_dedup_train_on_exactly_the_clean_records(tmp_path: Path, tiny_model: Path, capsys) -> None:
-    from train.data import prepare
-    from train.model import load_tokenizer
+    from core.models import load_tokenizer
+    from train.data.pipeline import prepare
 
     planted = plant(tmp_path)
     recipe = load_recipe(write_recipe(tmp_path, f'dedup = "near"\ndecontaminate = true\neval_data = "{planted["root"]}"'))
@@ -142,9 +142,9 @@ def test_decontaminate_and_dedup_train_on_exactly_the_clean_records(tmp_path: Pa
 
 
 def test_length_bounds_drop_by_characters_and_tokens(tmp_path: Path, tiny_model: Path) -> None:
-    from train.curation import curate
-    from train.data import render_sources
-    from train.model import load_tokenizer
+    from core.models import load_tokenizer
+    from train.data.curation import curate
+    from train.data.pipeline import render_sources
 
     plant(tmp_path)
     tokenizer = load_tokenizer(str(tiny_model))
@@ -184,7 +184,7 @@ WINNER_RECORDS = {
 
 @pytest.mark.parametrize("config", ["winner-4090-birbal-mix.toml", "winner-a100-percent-bfd-mix.toml"])
 def test_winner_mixes_map_their_published_fields(config: str, tmp_path: Path) -> None:
-    from train.data import render_sources
+    from train.data.pipeline import render_sources
 
     recipe = load_recipe(REPO / "configs" / config)  # validates without the hub, as --dry-run does
     assert [s.kind for s in recipe.data] == ["hf"]

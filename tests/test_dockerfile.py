@@ -177,8 +177,9 @@ def instruction(dockerfile: str, keyword: str) -> list[str]:
 def test_training_image_default_command_runs_where_cuda_is_visible():
     """`docker run --gpus all entry-train` with no arguments: the image's CMD must name a GPU track,
     since with CUDA visible the CLI refuses to guess the card (exit 2)."""
+    from core.rules import load_rules
     from train.__main__ import parse_args
-    from train.rules import budget_seconds, choose_track, load_rules
+    from train.budget.limits import budget_seconds, choose_track
 
     assert instruction("Dockerfile.train", "ENTRYPOINT") == ["python", "-m", "train"]
     args = parse_args(instruction("Dockerfile.train", "CMD"))

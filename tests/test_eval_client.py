@@ -146,7 +146,8 @@ def test_registered_for_lm_eval_by_name(server, tmp_path):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from eval.scenarios import SCENARIOS, write_task
+    from eval.scenarios import SCENARIOS
+    from eval.task_files import write_task
 
     spec = SCENARIOS["quick_mc"].build(tmp_path, 3)[0]
     write_task(spec, tmp_path / "tasks")

@@ -10,7 +10,8 @@ import pytest
 
 from eval import data
 from eval.__main__ import main as cli
-from eval.scenarios import BIGBENCH_TASKS, SCENARIOS
+from eval.open_scenarios import BIGBENCH_TASKS
+from eval.scenarios import SCENARIOS
 
 
 def task_json(name: str, mc: bool) -> bytes:

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from eval.adapters import Format, Instance, build_prompt, instructions_line, sample_train
-from eval.scenarios import FIXTURES, SCENARIOS, MissingData, bigbench_task_specs, write_task
+from eval.open_scenarios import bigbench_task_specs
+from eval.scenarios import FIXTURES, SCENARIOS
+from eval.task_files import write_task
+from eval.task_spec import MissingData
 from eval.tasks import utils
 
 # challenge.md §3's example, with a concrete evaluation question in place of its "…".
@@ -152,7 +155,7 @@ def test_scoring_rules():
 
 
 def test_quick_suite_uses_generated_tasks_with_an_eval_seed_and_training_format():
-    from train.generated import TASKS
+    from core.generated import TASKS
 
     specs = {s.name: s for s in SCENARIOS["held_out"].build(Path("/unused"), 40)}
     assert set(specs) == {"quick_mc_smallest", "quick_mult_qa"}
@@ -174,7 +177,7 @@ def test_written_documents_carry_prompt_blocks_for_context_fitting(tmp_path):
 
 
 def test_bigbench_split_follows_helm_sizes():
-    from eval.scenarios import bigbench_split
+    from eval.open_scenarios import bigbench_split
 
     def sizes(n: int) -> tuple[int, int]:
         split = bigbench_split([Instance(str(i), str(i)) for i in range(n)])

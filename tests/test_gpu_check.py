@@ -54,7 +54,7 @@ def test_cpu_mode_reports_every_figure(tiny_model, tmp_path):
     text = proc.stdout
     for needle in ("FLOPs/token: model", "ours (train_step, packed)", "Trainer + peft (padded)",
                    "Trainer + peft (padding-free)", "MFU", "ratio ours / Trainer padded",
-                   "ratio ours / Trainer padding-free", "memory plan (train.plan)", "rtx4090-24gb cap 23.52 GiB",
+                   "ratio ours / Trainer padding-free", "memory plan (train.budget.plan)", "rtx4090-24gb cap 23.52 GiB",
                    "FITS", "concurrency   1", "concurrency  30"):
         assert needle in text, needle
     assert figures["summary"] == text.split("total ")[0].strip().splitlines()[-len(figures["summary"]):]

@@ -25,7 +25,7 @@ OURS = {
 
 
 def document(case: dict) -> dict:
-    """The lm-eval document eval/scenarios.py writes for such an instance."""
+    """The lm-eval document eval/task_files.py writes for such an instance."""
     if "choices" in case:
         letter = chr(ord("A") + case["answer"])
         return {"gold": letter, "golds": [letter], "choices": case["choices"]}

@@ -15,7 +15,7 @@ import pytest
 from eval.adapters import Format, Instance
 from eval.client import ChallengeAPI
 from eval.runner import evaluate, helm_metrics
-from eval.scenarios import Generation, TaskSpec
+from eval.task_spec import Generation, TaskSpec
 from tests.oracle_server import Oracle
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "helm" / "metrics" / "cases.json").read_text())

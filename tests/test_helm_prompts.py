@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from eval import scenarios, sources
-from eval.adapters import build_prompt
-from eval.scenarios import SCENARIOS, TaskSpec
+from eval import hidden_scenarios, open_scenarios, scenarios, sources, task_spec
+from eval.adapters import Instance, build_prompt
+from eval.scenarios import SCENARIOS
+from eval.task_spec import TaskSpec
 
 HELM = Path(__file__).parent / "fixtures" / "helm"
 DATA = HELM / "data"
@@ -29,20 +30,20 @@ def our_task(case: dict, monkeypatch) -> TaskSpec:
     name, n = case["case"], case["max_eval_instances"]
     if name.startswith("bigbench_"):
         entry, shots = name.removeprefix("bigbench_").rsplit("_", 1)
-        specs = scenarios.bigbench_task_specs(scenarios.FIXTURES / "bigbench" / entry / "task.json", entry, "B", n)
+        specs = open_scenarios.bigbench_task_specs(scenarios.FIXTURES / "bigbench" / entry / "task.json", entry, "B", n)
         return next(s for s in specs if s.name.endswith(f"_{shots}"))
     if name.startswith("math_"):
         specs = SCENARIOS["math"].build(DATA, None)
         subject, level = case["args"]["subject"], case["args"]["level"]
         spec = next(s for s in specs if s.name == f"math_{subject}_level{level}")
-        return scenarios.run_task(spec.name, spec.metric, spec.fmt, sources.math(DATA / "math", subject, level), 8, n,
+        return task_spec.run_task(spec.name, spec.metric, spec.fmt, sources.math(DATA / "math", subject, level), 8, n,
                                   spec.generation, spec.scoring)
     if name == "bbq":
         monkeypatch.setattr(sources, "BBQ_TEST_SIZE", BBQ_TEST_SIZE)
     scenario = {"mmlu_anatomy": "mmlu", "gsm8k": "gsm8k", "truthful_qa": "truthful_qa"}.get(name, name)
     build = SCENARIOS[scenario].build
     if scenario == "mmlu":
-        build = scenarios.mmlu("MMLU", {"anatomy": n})
+        build = open_scenarios.mmlu("MMLU", {"anatomy": n})
         n = None
     (spec, *_copies) = build(DATA, n)
     return spec
@@ -91,14 +92,14 @@ def test_sam_sum_is_zero_shot_and_ethics_keep_the_forks_wording():
 def test_helm_sample_is_numpys_seed_0_choice():
     import numpy as np
 
-    items = [scenarios.Instance(str(i), str(i)) for i in range(50)]
+    items = [Instance(str(i), str(i)) for i in range(50)]
     np.random.seed(0)
     expected = list(np.random.choice(np.arange(50), 7, replace=False))
-    assert [int(i.input) for i in scenarios.helm_sample(items, 7)] == expected
-    assert scenarios.helm_sample(items[:5], 7) == tuple(items[:5])
+    assert [int(i.input) for i in task_spec.helm_sample(items, 7)] == expected
+    assert task_spec.helm_sample(items[:5], 7) == tuple(items[:5])
 
 
 def test_judges_budgets_from_the_confs():
-    assert len(scenarios.MMLU_BUDGETS) == 55 and sum(scenarios.MMLU_BUDGETS.values()) == 721
-    assert sum(scenarios.BIGBENCH_BUDGETS.values()) == 1096 and len(scenarios.BIGBENCH_BUDGETS) == 29
-    assert sum(scenarios.MATH_BUDGETS.values()) == 1000 and len(scenarios.MATH_BUDGETS) == 14
+    assert len(open_scenarios.MMLU_BUDGETS) == 55 and sum(open_scenarios.MMLU_BUDGETS.values()) == 721
+    assert sum(open_scenarios.BIGBENCH_BUDGETS.values()) == 1096 and len(open_scenarios.BIGBENCH_BUDGETS) == 29
+    assert sum(hidden_scenarios.MATH_BUDGETS.values()) == 1000 and len(hidden_scenarios.MATH_BUDGETS) == 14

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from train.model import attention_implementation, compute_dtype, flash_attn_imports, resolve_quant
+from core.models import attention_implementation, compute_dtype, flash_attn_imports, resolve_quant
 
 
 def test_one_dtype_rule_for_training_serving_and_evaluation():
@@ -53,9 +53,9 @@ def test_the_context_is_the_competitions_rule(tiny_model):
     """budget.toml's max_total_tokens is the one place the 2048-token context is written."""
     from transformers import AutoConfig, AutoTokenizer
 
+    from core.rules import load_rules
     from eval.client import CONTEXT_WINDOW
     from submission.settings import Settings
-    from train.rules import load_rules
 
     context = load_rules().max_total_tokens
     assert context == 2048

@@ -11,9 +11,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from core.models import BASE_QUANTIZATION, load_tokenizer, load_trained, save_adapter
 from submission.loading import load
 from submission.settings import Settings
-from train.model import BASE_QUANTIZATION, load_model, load_tokenizer, load_trained, save_adapter
+from train.model import load_model
 from train.recipe import parse_recipe
 
 PROMPT = "Question: Which number is the largest? A. 12 B. 47 C. 3\nAnswer:"
@@ -101,8 +102,8 @@ def test_on_cuda_the_nf4_server_casts_the_adapter_and_the_merge_matches(tiny_mod
 
 
 def test_training_checkpoints_and_the_published_adapter_record_it(trained, tmp_path):
-    """The training run's own save paths (train.checkpoint) write the file beside peft's."""
-    from train.checkpoint import save_checkpoint, save_final_adapter
+    """The training run's own save paths (train.run.checkpoint) write the file beside peft's."""
+    from train.run.checkpoint import save_checkpoint, save_final_adapter
 
     model = trained[3]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])

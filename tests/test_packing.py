@@ -14,11 +14,12 @@ from transformers.modeling_flash_attention_utils import (
     prepare_fa_kwargs_from_position_ids,
 )
 
-from train.data import tokenize
-from train.loop import train_step
-from train.model import load_model, load_tokenizer, make_optimizer
-from train.packing import IGNORE, collate, flatten, pack
+from core.models import load_tokenizer
+from train.data.packing import IGNORE, collate, flatten, pack
+from train.data.pipeline import tokenize
+from train.model import load_model, make_optimizer
 from train.recipe import parse_recipe
+from train.run.loop import train_step
 
 TEXTS = [("Question: Which number is the largest?\nA. 3\nB. 9\nAnswer:", " B"), ("Q: What is 2 plus 2?\nA:", " 4"),
          ("Q: Spell 'cat' backwards.\nA:", " tac"), ("Q: What is 10 minus 7?\nA:", " 3"),

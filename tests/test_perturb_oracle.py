@@ -16,7 +16,7 @@ import pytest
 from eval.adapters import Format, instructions_line
 from eval.client import ChallengeAPI
 from eval.runner import evaluate, helm_metrics
-from eval.scenarios import MC_GEN, TaskSpec, with_copies
+from eval.task_spec import MC_GEN, TaskSpec, with_copies
 from tests.test_eval_client import GOOD, Handler
 from tests.test_perturb import GOLDEN, inputs
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import scenarios
+from eval import open_scenarios
 from eval.adapters import build_prompt
 from eval.scenarios import SCENARIOS
 
@@ -22,7 +22,7 @@ def our_requests(case: str) -> dict[tuple[str, str | None], tuple[str, list[str]
     """(instance id, perturbation) -> (prompt, options) for our tasks of the case, copies included."""
     n = json.loads((HELM / "prompts" / f"{case}.json").read_text(encoding="utf-8"))["max_eval_instances"]
     if case == "mmlu_anatomy":
-        specs = scenarios.mmlu("MMLU", {"anatomy": n})(DATA, None)
+        specs = open_scenarios.mmlu("MMLU", {"anatomy": n})(DATA, None)
     else:
         specs = SCENARIOS[case].build(DATA, n)
     out = {}

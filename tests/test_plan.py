@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.plan import KNOWN_SHAPES, lora_params, memory_terms, paged_state_gib, shape_of
+from core.rules import load_rules
+from train.budget.limits import CUDA_CONTEXT_GIB, allocator_cap_gib
+from train.budget.plan import KNOWN_SHAPES, lora_params, memory_terms, paged_state_gib, shape_of
 from train.recipe import load_recipe, parse_recipe
-from train.rules import CUDA_CONTEXT_GIB, allocator_cap_gib, load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
@@ -138,7 +139,8 @@ def test_allocator_cap_leaves_room_for_what_sits_outside_it():
 
 CAP_CHECK = """
 import torch
-from train.rules import apply_gpu_limits, load_rules
+from core.rules import load_rules
+from train.budget.limits import apply_gpu_limits
 track = load_rules().tracks["rtx4090-24gb"]
 lines = apply_gpu_limits(track, 0.63)
 if torch.cuda.get_device_properties(0).total_memory / 2**30 <= track.gpu_memory_gib:

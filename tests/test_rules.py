@@ -15,19 +15,16 @@ from accelerate.utils import DistributedType
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.helpers import free_port
-from train.rules import (
+from core.rules import (
     DEFAULT_BUDGET_FILE,
     OVERRIDE_FLAG,
-    apply_gpu_limits,
-    budget_seconds,
     check_base_model,
-    check_processes,
-    choose_track,
     format_duration,
     load_rules,
     parse_duration,
 )
+from tests.helpers import free_port
+from train.budget.limits import apply_gpu_limits, budget_seconds, check_processes, choose_track
 
 REAL_TEXT = DEFAULT_BUDGET_FILE.read_text(encoding="utf-8")
 ACCELERATE_CONFIGS = DEFAULT_BUDGET_FILE.parent / "configs" / "accelerate"
@@ -429,7 +426,8 @@ def test_gpu_limits_on_a_cpu_machine(rules):
 # In a child process: the memory cap lasts for the life of the process that sets it.
 _CAP_CHECK = """
 import torch
-from train.rules import apply_gpu_limits, load_rules
+from core.rules import load_rules
+from train.budget.limits import apply_gpu_limits
 track = load_rules().tracks["rtx4090-24gb"]
 if torch.cuda.device_count() > 1:
     try:

@@ -23,7 +23,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from train.generated import TASKS
+from core.generated import TASKS
 
 JUDGE_KEYS = (
     "prompt",

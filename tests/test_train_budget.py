@@ -14,7 +14,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tests.helpers import REPO, run_train, summary, train_cmd, write_recipe
-from train.schedule import lr_factor
+from train.run.schedule import lr_factor
 
 
 def assert_loadable(adapter: Path, tiny_model: Path) -> None:
@@ -145,7 +145,7 @@ def test_bad_limits_are_clear_errors(args, message):
 def test_an_unapproved_base_model_is_refused_unless_overridden(tmp_path: Path):
     from transformers import GPTJConfig, GPTJForCausalLM
 
-    from train.tiny import tiny_model_path
+    from core.tiny import tiny_model_path
 
     folder = tmp_path / "gptj"
     GPTJForCausalLM(GPTJConfig(n_embd=64, n_layer=1, n_head=2, vocab_size=1024, rotary_dim=16)).save_pretrained(folder)

@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from core.rules import load_rules
 from tests.helpers import REPO, run_train, summary, train_cmd, write_recipe
 from tests.test_train_budget import assert_loadable, wait_for
-from train.rules import load_rules
-from train.schedule import lr_factor
+from train.run.schedule import lr_factor
 
 BUDGET_S = 30
 
@@ -172,7 +172,7 @@ def test_max_steps_under_the_budget_clock_brings_the_rate_to_its_floor(tmp_path:
 
 
 def test_the_cpu_track_hides_cuda_devices(tmp_path: Path):
-    from train.rules import hide_gpus
+    from train.budget.limits import hide_gpus
 
     tracks = load_rules().tracks
     env = {"CUDA_VISIBLE_DEVICES": "0"}

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from train.data import make_batches, tokenize
-from train.loop import autocast_dtype, enable_tf32, train_step
-from train.model import load_model, load_tokenizer, make_optimizer
-from train.packing import IGNORE, collate, pack
+from core.models import load_tokenizer
+from train.data.packing import IGNORE, collate, pack
+from train.data.pipeline import make_batches, tokenize
+from train.model import load_model, make_optimizer
 from train.recipe import RecipeError, parse_recipe
+from train.run.loop import autocast_dtype, enable_tf32, train_step
 
 DATA = [{"kind": "generated", "name": "mc_largest", "max_examples": 64},
         {"kind": "generated", "name": "arith_qa", "max_examples": 64}]

@@ -37,8 +37,8 @@ def test_eval_overlap_can_be_allowed_explicitly():
 
 
 def test_missing_field_in_json_data_is_named(tmp_path: Path, tiny_model):
-    from train.data import build_examples
-    from train.model import load_tokenizer
+    from core.models import load_tokenizer
+    from train.data.pipeline import build_examples
 
     data = tmp_path / "d.jsonl"
     data.write_text('{"question": "Q: 1+1?\\nA:", "answer": " 2"}\n')

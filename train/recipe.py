@@ -13,8 +13,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.generated import TASKS
-from train.tiny import EMBEDDED_ID
+from core.generated import TASKS
+from core.tiny import EMBEDDED_ID
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_RECIPE = CONFIG_DIR / "tiny-cpu.toml"
@@ -99,8 +99,8 @@ class LogSettings:
 @dataclass
 class CurationSettings:
     """What to drop from the mix before training (`python -m train --data-report` shows what each would drop)."""
-    dedup: str = "off"  # off | exact (same normalised words) | near (and MinHash-similar, see train/dedup.py)
-    decontaminate: bool = False  # drop records sharing an n-gram with an evaluation instance (train/contamination.py)
+    dedup: str = "off"  # off | exact (same normalised words) | near (and MinHash-similar, see train/data/dedup.py)
+    decontaminate: bool = False  # drop records sharing an n-gram with an evaluation instance (train/data/contamination.py)
     eval_data: str = ""  # evaluation data root checked for contamination; empty: eval's default
     min_tokens: int = 0  # length bounds on prompt + response under the recipe's tokenizer; 0: none
     max_tokens: int = 0

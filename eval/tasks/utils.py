@@ -1,6 +1,6 @@
 """lm-eval hooks named by the task templates: the document loader and HELM's scoring rules.
 
-A document (one JSON line, written by eval/scenarios.py) has `prompt` (the text sent), `gold` (the
+A document (one JSON line, written by eval/task_files.py) has `prompt` (the text sent), `gold` (the
 reference output: for MATH the whole worked solution, as HELM's chain-of-thought run keeps it) and
 `golds` (every accepted output); a multiple-choice document may also carry `choices` (the option texts
 in letter order), and then the letter answered is mapped to its option text before comparing, as HELM

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from train.words import Texts, ngram_hashes
+from train.data.ngrams import Texts, ngram_hashes
 
 SHINGLE_WORDS = 5
 NUM_PERM = 128

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from train.contamination import EvalSet, Hit, Index, eval_root_default, load_eval_sets
-from train.dedup import find_duplicates
+from train.data.contamination import EvalSet, Hit, Index, eval_root_default, load_eval_sets
+from train.data.dedup import find_duplicates
+from train.data.ngrams import Vocabulary
 from train.recipe import DataSource, Recipe
-from train.words import Vocabulary
 
 TOKENIZE_BATCH = 1024
 DROP_REASONS = ("length", "duplicates", "contaminated")

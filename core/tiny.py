@@ -1,17 +1,18 @@
-"""The embedded default model: a tiny Llama and a byte-level BPE tokenizer, built locally.
+"""The tiny embedded model: a 4-layer Llama with random weights and a byte-level BPE tokenizer, built locally.
 
-No model hub is reachable on the machines this harness is developed and tested on, so the
-default recipe, the server and the tests all use this model. It is built once (a second or two)
-and cached as an ordinary Hugging Face folder, so everything downstream loads it by path like
-any hub model. Every dimension is a multiple of 64 (the NF4 block size): bitsandbytes' CPU 4-bit kernels
+No model hub is reachable on the machines this harness is developed and tested on, so the tests and
+the quick checks use this model where speed matters more than what a model knows. It is built once (a
+few seconds) and cached as an ordinary Hugging Face folder, so everything downstream loads it by path
+like any hub model. Every dimension is a multiple of 64 (the NF4 block size): bitsandbytes' CPU 4-bit kernels
 on AVX512-BF16 machines assert otherwise.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from core.cache import cache_root
 
 TINY_NAME = "tiny-llama-v2"
 EMBEDDED_ID = "embedded:tiny-llama"
@@ -19,15 +20,10 @@ VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>"]
 
 
-def cache_root() -> Path:
-    """Where built artefacts live: $HARNESS_CACHE, else ~/.cache/llm-harness."""
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "llm-harness"))
-
-
 def tokenizer_corpus() -> list[str]:
     """Text the tokenizer is trained on: the bundled prose plus samples of every generated task,
     so prompts in the judges' formats tokenize compactly."""
-    from train import generated
+    from core import generated
 
     prose = (Path(__file__).parent / "assets" / "prose.txt").read_text(encoding="utf-8")
     lines = [line for line in prose.splitlines() if line.strip()]
@@ -42,7 +38,7 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from train.rules import load_rules
+    from core.rules import load_rules
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -73,7 +69,7 @@ def build_model(tokenizer, seed: int = 0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from train.rules import load_rules
+    from core.rules import load_rules
 
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
@@ -119,8 +115,3 @@ def tiny_model_path(rebuild: bool = False) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def resolve_model_id(model_id: str) -> str:
-    """Map the embedded id to its built folder; any other id passes through unchanged."""
-    return str(tiny_model_path()) if model_id == EMBEDDED_ID else model_id

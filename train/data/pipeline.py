@@ -1,5 +1,5 @@
-"""Training data: sources -> prompt templates -> curation -> tokens -> weighted mix; train.packing makes
-rows and batches. Curation (train/curation.py) drops what the recipe's [curation] options say and, for a
+"""Training data: sources -> prompt templates -> curation -> tokens -> weighted mix; train.data.packing makes
+rows and batches. Curation (train/data/curation.py) drops what the recipe's [curation] options say and, for a
 run, measures the whole mix for the data report written into the run folder."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from train import data_report
-from train.curation import Findings, curate
-from train.generated import TASKS
-from train.packing import IGNORE, Batches, Example, pack
+from core.generated import TASKS
+from train.data import report as data_report
+from train.data.curation import Findings, curate
+from train.data.packing import IGNORE, Batches, Example, pack
 from train.recipe import DataSource, Recipe, RecipeError, source_path
 
 GENERATED_DEFAULT_COUNT = 2000
@@ -128,3 +128,22 @@ def prepare(recipe: Recipe, tokenizer, report_dir: Path | None = None) -> tuple[
 
 def make_batches(recipe: Recipe, tokenizer) -> Batches:
     return prepare(recipe, tokenizer)[0]
+
+
+def report_command(recipe: Recipe, output_dir: str | None) -> int:
+    """The `--data-report` command: measure, write, print."""
+    from core.models import load_tokenizer
+
+    started = time.monotonic()
+    tokenizer = load_tokenizer(recipe.model.base)
+    findings = curate(recipe, tokenizer, render_sources(recipe), full=True)
+    report = data_report.build(recipe, findings, time.monotonic() - started)
+    folder = Path(output_dir) if output_dir else Path("data-reports") / recipe.name
+    data_report.write(report, folder, findings)
+    print(data_report.table(report))
+    warning = data_report.contamination_warning(findings)
+    if warning:
+        print(warning, file=sys.stderr)
+    names = f"{folder / data_report.JSON_NAME}, {data_report.MD_NAME}, {data_report.PNG_NAME}"
+    print(f"report      {names} ({report['seconds']:.1f}s)")
+    return 0

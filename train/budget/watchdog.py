@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from train.ledger import Ledger
+from train.budget.ledger import Ledger
 
 EXIT_OK, EXIT_CRASH, EXIT_USAGE, EXIT_HARD_DEADLINE, EXIT_SIGNAL, EXIT_HARD_SIGNAL = 0, 1, 2, 3, 4, 5
 EXIT_SIGNAL_EARLY = 6  # a signal before the first training step: no adapter was saved

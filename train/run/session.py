@@ -8,7 +8,7 @@ Run folder (`--output-dir`, default runs/<recipe name>):
   ledger.json      time used by every attempt, by phase
   summary.json     how the run ended, and where the budget went
 
-Several processes (`accelerate launch`, train/ranks.py) run this same story in step; only rank 0
+Several processes (`accelerate launch`, train/run/ranks.py) run this same story in step; only rank 0
 writes any of these files, and its ledger counts wall time, however many processes run.
 """
 from __future__ import annotations
@@ -23,9 +23,19 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from train import data
 from train import model as model_lib
-from train.checkpoint import (
+from train.budget.ledger import Ledger
+from train.budget.watchdog import (
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_RANK_LOST,
+    EXIT_SIGNAL,
+    EXIT_SIGNAL_EARLY,
+    Watchdog,
+)
+from train.data import pipeline as data
+from train.recipe import Recipe, dump_recipe, load_recipe
+from train.run.checkpoint import (
     publish_adapter,
     publish_lock,
     read_newest_checkpoint,
@@ -35,13 +45,10 @@ from train.checkpoint import (
     save_final_adapter,
     set_rng_state,
 )
-from train.durable import write_atomic
-from train.ledger import Ledger
-from train.loop import LoopState, run_loop
-from train.metrics import MetricsLog, peak_memory_mib
-from train.ranks import PeerWatch, StepPlan, Team
-from train.recipe import Recipe, dump_recipe, load_recipe
-from train.watchdog import EXIT_CRASH, EXIT_OK, EXIT_RANK_LOST, EXIT_SIGNAL, EXIT_SIGNAL_EARLY, Watchdog
+from train.run.durable import write_atomic
+from train.run.loop import LoopState, run_loop
+from train.run.metrics import MetricsLog, peak_memory_mib
+from train.run.ranks import PeerWatch, StepPlan, Team
 
 HARD_STOP_WAIT_S = 1.0  # the most a hard stop waits for a swap in progress and its record, deadline or not
 EXIT_SLACK_S = 0.4  # kept between a hard stop's exit and the deadline: a process exits in tens of milliseconds

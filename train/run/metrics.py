@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from train.durable import write_atomic
 from train.recipe import Recipe
+from train.run.durable import write_atomic
 
 
 def peak_memory_mib() -> float:

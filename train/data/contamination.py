@@ -1,19 +1,22 @@
 """Contamination: n-gram overlap between training records and the judges' evaluation instances.
 
 The rule is the GPT-3 paper's (appendix C), as lm-eval's decontamination applies it: words are
-normalised (train/words.py), and a training record overlaps an instance when they share an n-gram.
+normalised (train/data/ngrams.py), and a training record overlaps an instance when they share an n-gram.
 n is 13, shorter for a scenario whose instances are short (the 5th percentile of its instances'
 lengths in words), never below 8; an instance shorter than n overlaps a record that contains all of
 it. An instance is its input, plus its reference output for a generation task (a summary, a worked
 solution); multiple-choice options are too short to say anything alone.
 
-The instances come from eval's own scenario readers (eval/scenarios.py): every test instance of every
-scenario whose data is on disk - under the eval data root (`python -m eval data` fetches BIG-bench and
-BBQ-lite there) or among the project's fixtures. Scenarios that generate their instances from code
-(the quick suite's generated tasks) are not data and are left out.
+The instances are the ones eval's scenario readers build: every test instance of every scenario whose
+data is on disk - under the eval data root (`python -m eval data` fetches BIG-bench and BBQ-lite there)
+or among the project's fixtures. Training does not import eval: it runs `python -m eval instances`, which
+exports them in the foundation's file format (core/instances.py), and reads that file. Scenarios that
+generate their instances from code (the quick suite's generated tasks) are not data and are left out.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from train.words import Texts, Vocabulary, ngram_hashes
+from core.cache import cache_root
+from core.instances import read_instances
+from train.data.ngrams import Texts, Vocabulary, ngram_hashes
 
 MAX_N = 13
 MIN_N = 8
-EVERY_INSTANCE = 10**9  # a budget no scenario reaches: all test instances, not the judges' sample
 CHUNK = 8192
 
 
@@ -46,58 +50,31 @@ class Hit:
 
 
 def eval_root_default() -> Path:
-    from train.tiny import cache_root
-
     return cache_root() / "eval-data"
 
 
-def _reads_data(scenario, empty: Path) -> bool:
-    """Whether a scenario's instances come from files: from the data root (it finds nothing in an empty
-    one) or from the fixtures."""
-    from eval.scenarios import MissingData
-
-    if scenario.name.startswith("fixture_"):
-        return True
-    try:
-        scenario.build(empty, 1)
-    except MissingData:
-        return True
-    except (OSError, ValueError):
-        return True
-    return False
-
-
 def load_eval_sets(root: Path) -> tuple[list[EvalSet], list[tuple[str, str]]]:
-    """Every data-backed scenario's test instances, and (scenario, reason) for those without data."""
-    from eval.scenarios import MissingData, suite
-
-    sets, skipped = [], []
-    with tempfile.TemporaryDirectory() as empty:
-        for scenario in suite("all"):
-            if not _reads_data(scenario, Path(empty)):
-                continue
-            try:
-                specs = scenario.build(root, EVERY_INSTANCE)
-            except MissingData as err:
-                skipped.append((scenario.name, str(err)))
-                continue
-            seen: set[tuple[str, str]] = set()
-            eval_set = EvalSet(scenario.name, scenario.suite, [])
-            for spec in specs:
-                if spec.copy_of:  # perturbed copies of the same instances
-                    continue
-                for inst in spec.test:
-                    key = (inst.input, str(inst.output))
-                    if key in seen:  # BIG-bench's k-shot tasks share their test instances
-                        continue
-                    seen.add(key)
-                    number = len(eval_set.instances)
-                    eval_set.instances.append(inst.input)
-                    eval_set.segments.append((number, inst.input))
-                    if not inst.is_mc:
-                        eval_set.segments.append((number, str(inst.output)))
-            sets.append(eval_set)
-    return sets, skipped
+    """Every data-backed scenario's test instances under `root`, and (scenario, reason) for those without
+    data: exported by `python -m eval instances` into core/instances.py's file, then read back."""
+    with tempfile.TemporaryDirectory() as folder:
+        exported = Path(folder) / "instances.json"
+        command = [sys.executable, "-m", "eval", "instances", "--data", str(root), "--output", str(exported)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
+            raise ValueError(f"evaluation data {root}: `python -m eval instances` failed (exit {done.returncode})"
+                             + (f": {detail[-1]}" if detail else ""))
+        sets, skipped = read_instances(exported)
+    eval_sets = []
+    for instance_set in sets:
+        eval_set = EvalSet(instance_set.scenario, instance_set.suite, [])
+        for number, instance in enumerate(instance_set.instances):
+            eval_set.instances.append(instance.input)
+            eval_set.segments.append((number, instance.input))
+            if instance.output is not None:
+                eval_set.segments.append((number, instance.output))
+        eval_sets.append(eval_set)
+    return eval_sets, skipped
 
 
 def ngram_size(lengths: list[int]) -> int:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.durable import fsync_dir, fsync_tree
-from train.model import save_adapter
+from core.models import save_adapter
+from train.run.durable import fsync_dir, fsync_tree
 
 KEEP_CHECKPOINTS = 2
 publish_lock = threading.Lock()
@@ -49,7 +49,7 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(run_dir: Path, model, optimizer_state: dict, state: dict, weights: dict | None = None) -> Path:
     """Write a checkpoint aside, rename it into place, publish its adapter, prune old ones.
-    `weights`: the full model state dict where `model` holds a shard (train.ranks.Team.gather_state)."""
+    `weights`: the full model state dict where `model` holds a shard (train.run.ranks.Team.gather_state)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state['step']:07d}"

@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.embedded import resolve_model_id
 from train.recipe import Recipe
-from train.tiny import EMBEDDED_ID, tiny_model_path
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def shape_of(model_id: str) -> Shape | None:
     """The architecture without downloading: the table above, or a local folder's config.json."""
     if model_id in KNOWN_SHAPES:
         return KNOWN_SHAPES[model_id]
-    folder = tiny_model_path() if model_id == EMBEDDED_ID else Path(model_id)
+    folder = Path(resolve_model_id(model_id))
     config_file = folder / "config.json"
     if not config_file.is_file():
         return None
@@ -79,7 +79,7 @@ class MemoryTerm:
 
 
 def activation_bytes(recipe: Recipe, on_gpu: bool) -> int:
-    """Bytes per activation element: bf16 under autocast (train.loop.autocast_dtype), else fp32."""
+    """Bytes per activation element: bf16 under autocast (train.run.loop.autocast_dtype), else fp32."""
     autocast = recipe.train.autocast
     return 2 if autocast == "bf16" or (autocast == "auto" and on_gpu and recipe.model.compute_dtype in ("auto", "bf16")) else 4
 
@@ -112,9 +112,9 @@ def memory_terms(shape: Shape, recipe: Recipe, on_gpu: bool) -> list[MemoryTerm]
       4-bit base matmuls keep no input);
     - the logits in the activation dtype, their fp32 copy for the loss, the log-softmax and its grad;
     - the paged 8-bit optimizer state lives in CUDA managed memory and the CUDA context in the driver:
-      both on the card, both outside the caching allocator (train.rules.allocator_cap_gib).
+      both on the card, both outside the caching allocator (train.budget.limits.allocator_cap_gib).
     """
-    from train.rules import CUDA_CONTEXT_GIB
+    from train.budget.limits import CUDA_CONTEXT_GIB
 
     m, t = recipe.model, recipe.train
     a = activation_bytes(recipe, on_gpu)
@@ -195,7 +195,7 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
 
 def memory_lines(shape: Shape, recipe: Recipe, track_name: str) -> list[str]:
     """The memory plan, one term a line, and whether it fits the track's card."""
-    from train.rules import load_rules
+    from core.rules import load_rules
 
     track = load_rules().tracks.get(track_name)
     on_gpu = track is not None and track.gpus > 0

@@ -11,16 +11,14 @@ earlier one (the first of each group is not counted).
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from train.curation import Findings, SourceFindings, curate
-from train.packing import Example, pack
+from train.data.curation import Findings, SourceFindings
+from train.data.ngrams import words
+from train.data.packing import Example, pack
 from train.recipe import Recipe
-from train.words import words
 
 EXAMPLES_PER_SOURCE = 20  # hits and near duplicates shown per source in the JSON (the Markdown shows 5)
 SNIPPET = 160
@@ -33,7 +31,7 @@ def _snippet(text: str) -> str:
 
 
 def packing_efficiency(lengths: np.ndarray, max_len: int) -> float:
-    """Share of token slots that hold tokens once these examples are packed into rows (train.packing)."""
+    """Share of token slots that hold tokens once these examples are packed into rows (train.data.packing)."""
     if len(lengths) == 0:
         return 0.0
     # pack() reads only each example's length, so a range of that length stands in for its token ids.
@@ -214,22 +212,3 @@ def write(report: dict, folder: Path, findings: Findings) -> None:
     (folder / JSON_NAME).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     (folder / MD_NAME).write_text(markdown(report), encoding="utf-8")
     plot([(s.name, s.tokens) for s in findings.sources], report["max_seq_len"], folder / PNG_NAME)
-
-
-def run(recipe: Recipe, output_dir: str | None) -> int:
-    """The `--data-report` command: measure, write, print."""
-    from train.data import render_sources
-    from train.model import load_tokenizer
-
-    started = time.monotonic()
-    tokenizer = load_tokenizer(recipe.model.base)
-    findings = curate(recipe, tokenizer, render_sources(recipe), full=True)
-    report = build(recipe, findings, time.monotonic() - started)
-    folder = Path(output_dir) if output_dir else Path("data-reports") / recipe.name
-    write(report, folder, findings)
-    print(table(report))
-    warning = contamination_warning(findings)
-    if warning:
-        print(warning, file=sys.stderr)
-    print(f"report      {folder / JSON_NAME}, {MD_NAME}, {PNG_NAME} ({report['seconds']:.1f}s)")
-    return 0

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from train.durable import fsync_dir, write_aside
-from train.ranks import launched
+from train.run.durable import fsync_dir, write_aside
+from train.run.ranks import launched
 
 
 def process_start() -> float:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from train.model import compute_dtype
-from train.packing import Batches, flatten
-from train.ranks import StepPlan, Team, per_rank_accumulation
+from core.models import compute_dtype
+from train.data.packing import Batches, flatten
 from train.recipe import Recipe, RecipeError
-from train.schedule import lr_factor
+from train.run.ranks import StepPlan, Team, per_rank_accumulation
+from train.run.schedule import lr_factor
 
 
 @dataclass
@@ -58,7 +58,7 @@ def train_step(model, optimizer, micro_batches: list[dict[str, torch.Tensor]], l
                max_grad_norm: float, autocast: torch.dtype | None = None, accelerator=None) -> float:
     """One optimizer step over gradient-accumulated micro-batches; returns the mean loss.
 
-    Under flash-attention a packed micro-batch is flattened into one row (train.packing.flatten),
+    Under flash-attention a packed micro-batch is flattened into one row (train.data.packing.flatten),
     the only layout in which its examples stay apart. With an `accelerator` (several processes) the
     wrapper averages gradients over ranks once, on the last micro-batch, and clips the averaged ones."""
     from transformers.utils.generic import is_flash_attention_requested
