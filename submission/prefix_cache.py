@@ -28,10 +28,6 @@ class Entry:
     kv: KV  # batch of one
     key: tuple[int, ...]
 
-    def prefix(self, length: int) -> KV:
-        """The states of the first `length` tokens (views: the entry stays unchanged)."""
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in self.kv]
-
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     n = min(len(a), len(b))
