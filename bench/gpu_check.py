@@ -1,44 +1,51 @@
-"""GPU proof in one command: QLoRA training throughput, memory and MFU of the project's step against
-plain Trainer + peft baselines, the memory plan against the measured peak, the rtx4090-24gb memory
-cap, and serving throughput.
+"""The one prepared device script: what a single CUDA card (an H100 or H200) can settle for this
+project, in one process, in under 8 minutes, written to one JSON (--out) that bench/RESULTS.md's GPU
+table reads. It imports only what it uses: no datasketch (the device image has none; the check's
+recipe deduplicates nothing), no web server stack.
 
 Phases (each printed and written to --out as it finishes; a phase that would start after --budget-s
-seconds is skipped and says so, so a slow machine still returns figures):
-1. build: a Llama-architecture model with random weights (--shape; 7b is Mistral-7B's shape), made
+seconds is skipped and says so; a phase that fails is recorded and the rest still run, exit 1):
+1. model: a Llama-architecture model with random weights (--shape; 7b is Mistral-7B's shape), made
    directly on the device in bf16 and saved to local disk (/dev/shm when it has room), with the
    embedded tokenizer (padded with filler tokens up to the model's vocabulary);
-2. ours: `train.model.load_model` (NF4 + double quant, prepare_model_for_kbit_training, LoRA) and
-   `train.run.loop.train_step` over packed `train.data.packing` rows, gradient checkpointing, paged AdamW
-   8-bit, bf16 autocast on CUDA; settings from configs/mistral-7b-qlora-4090.toml except the model,
-   data (the bundled generated tasks), grad_accum (1) and the shape flags; one warm-up step, then
-   --steps timed steps; beside the peak, `train.budget.plan`'s memory plan for the same shape and recipe;
-3. trainer: a plain transformers Trainer + peft on the same model, settings and precision
+2. cap: our step under the rtx4090-24gb track's memory cap (train.budget.limits.apply_gpu_limits:
+   the track's card less the CUDA context and the paged optimizer state): does the 4090 recipe fit?
+   It runs first, while the card holds nothing but the context, so no earlier phase's paged buffers
+   or cached blocks are counted as context. (CPU: nothing to enforce, the peak is compared.)
+3. ours: `train.model.load_model` (NF4 + double quant, prepare_model_for_kbit_training, LoRA) and
+   `train.run.loop.train_step` over packed `train.data.packing` rows, gradient checkpointing, paged
+   AdamW 8-bit, bf16 autocast and TF32 on CUDA as the training loop sets them; the settings of
+   configs/mistral-7b-qlora-4090.toml except the model, data (the bundled generated tasks),
+   grad_accum (1) and the shape flags; one warm-up step, then --steps timed steps; beside the peak,
+   `train.budget.plan`'s memory plan for the same shape and recipe; then a resume: the optimizer
+   state saved and loaded as checkpoints do, one more step, what that adds to the allocator and
+   whether the state is still paged;
+4. serve: the adapter trained in phase 3 served by submission.engine (loaded by submission.loading,
+   as the server does): the server's memory plan from the free memory before and after releasing
+   the allocator's cache, then the judges' request mix (bench/server_throughput.py's workload) at
+   concurrency 1 and 30, against one-at-a-time `generate` (bench/server_baseline.py's handler) on
+   the same model and requests. Random weights emit neither EOS nor a stop sequence, so every
+   generation runs to its max_new_tokens on both sides (the share is reported);
+5. trainers: a plain transformers Trainer + peft on the same model, settings and precision
    (bf16=True on CUDA), loaded once, run twice: padding-free (`DataCollatorWithFlattening`, as many
    examples per step as fill our packed micro-batch: the fair baseline) and padded (pad-to-longest
-   batches of --micro-batch examples, or --baseline-batch: the usual script);
-4. cap: our step again under the rtx4090-24gb track's memory cap (train.budget.limits.apply_gpu_limits, less
-   the CUDA context and the paged optimizer state): does it fit? (CPU mode: no cap can be enforced,
-   the measured peak is compared with it);
-5. serve: the adapter trained in phase 2 served by submission.engine (loaded by
-   submission.loading, as the server does) under the judges' request mix
-   (bench/server_throughput.py's workload) at concurrency 1 and 30.
+   batches of --micro-batch examples, or --baseline-batch: the usual script).
 
 Figures: non-pad tokens/s, peak memory, MFU and HFU with the FLOPs per token stated (frozen NF4
 base: model FLOPs 2N forward + 2N backward through the frozen weights + 6 per LoRA parameter +
 attention; gradient checkpointing recomputes the forward, so hardware FLOPs add 2N + 2 per LoRA
 parameter + one more attention forward: about 6N; N = non-embedding base parameters + lm_head).
 
-    python bench/gpu_check.py [--cpu] [--shape 7b|3b|1b|tiny] [--steps 8] [--out FILE]
+    python bench/gpu_check.py [--cpu] [--shape 7b|3b|1b|tiny] [--steps 8] [--budget-s 300] [--out FILE]
 
-With no CUDA device (or --cpu) it runs tiny shapes, a few steps and a few requests in under a minute.
+With no CUDA device (or --cpu) it runs tiny shapes, a few steps and a few requests in about two minutes.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
+import io
 import json
-import resource
 import shutil
 import statistics
 import sys
@@ -50,6 +57,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from gpu_figures import (
+    allocated_gib,
+    base_params,
+    device_facts,
+    flops_per_token,
+    on_cuda,
+    peak_memory,
+    release,
+    summary,
+    sync,
+    throughput,
+)
 from train_throughput import (  # bench/ is on sys.path
     flat_batch_size,
     load_plain_qlora,
@@ -57,15 +76,16 @@ from train_throughput import (  # bench/ is on sys.path
     time_trainer,
 )
 
-from core.models import attention_implementation, compute_dtype, load_tokenizer
+from core.models import load_tokenizer
 from core.rules import load_rules
 from core.tiny import EMBEDDED_ID
 from train.budget.limits import apply_gpu_limits
 from train.budget.plan import memory_terms, paged_state_gib, shape_of
-from train.data.packing import Example
+from train.data.packing import Batches, Example
 from train.data.pipeline import build_examples, make_batches
 from train.model import load_model, make_optimizer
 from train.recipe import CONFIG_DIR, Recipe, load_recipe
+from train.run.loop import autocast_dtype, train_step
 
 CAP_TRACK = "rtx4090-24gb"
 GPU_RECIPE = CONFIG_DIR / "mistral-7b-qlora-4090.toml"
@@ -80,69 +100,6 @@ SHAPES = {
     "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024},
 }
-# Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s), matched on the device name.
-PEAK_BF16_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0),
-                    ("RTX 4090", 165.2))
-
-
-# ---- device facts --------------------------------------------------------------------------------
-
-def on_cuda() -> bool:
-    return torch.cuda.is_available()
-
-
-def release() -> None:
-    gc.collect()
-    if on_cuda():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_memory() -> dict:
-    """CUDA: the caching allocator's peaks since the last release(); CPU: the process's max RSS."""
-    if on_cuda():
-        return {"peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
-    return {"peak_allocated_gib": rss, "peak_reserved_gib": rss}
-
-
-def measured_matmul_tflops(dtype: torch.dtype) -> float:
-    """Achieved matmul rate on this device (a reference beside the data-sheet peak)."""
-    size, repeats = (8192, 10) if on_cuda() else (512, 4)
-    dev = "cuda" if on_cuda() else "cpu"
-    a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
-    a @ b
-    if on_cuda():
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if on_cuda():
-        torch.cuda.synchronize()
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
-
-
-def device_facts(peak_override: float | None) -> dict:
-    import transformers
-
-    facts = {"torch": torch.__version__, "transformers": transformers.__version__,
-             "attention": attention_implementation("auto")}
-    if on_cuda():
-        props = torch.cuda.get_device_properties(0)
-        facts |= {"device": props.name, "memory_gib": props.total_memory / 2**30, "matmul_dtype": "bfloat16",
-                  "matmul_tflops": measured_matmul_tflops(torch.bfloat16)}
-        sheet = next((tflops for name, tflops in PEAK_BF16_TFLOPS if name in props.name), None)
-        facts["peak_tflops"] = peak_override or sheet or facts["matmul_tflops"]
-        facts["peak_source"] = ("--peak-tflops" if peak_override else "data sheet, dense bf16" if sheet
-                                else "measured bf16 matmul (card not in the table)")
-    else:
-        dtype = compute_dtype("auto")  # what the training phases compute in here
-        facts |= {"device": "cpu", "threads": torch.get_num_threads(), "matmul_dtype": str(dtype),
-                  "matmul_tflops": measured_matmul_tflops(dtype)}
-        facts["peak_tflops"] = peak_override or facts["matmul_tflops"]
-        facts["peak_source"] = "--peak-tflops" if peak_override else f"measured {dtype} matmul"
-    return facts
 
 
 # ---- phase 1: the model --------------------------------------------------------------------------
@@ -183,33 +140,11 @@ def build_model(shape: str, folder: Path) -> dict:
             "init_s": made - started, "save_s": saved - made}
 
 
-def base_params(dims: dict) -> int:
-    """Parameters that take part in every token's matmuls: the layers' projections and lm_head."""
-    h, layers, inter = dims["hidden_size"], dims["num_hidden_layers"], dims["intermediate_size"]
-    kv = dims["num_key_value_heads"] * h // dims["num_attention_heads"]
-    return layers * (2 * h * h + 2 * h * kv + 3 * h * inter) + h * dims["vocab_size"]
-
-
-def flops_per_token(dims: dict, lora_params: int, examples: list[Example]) -> dict:
-    """Model and hardware FLOPs per trained token (see the module docstring)."""
-    h, layers = dims["hidden_size"], dims["num_hidden_layers"]
-    base = base_params(dims)
-    lengths = [len(e.input_ids) for e in examples]
-    mean_context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)  # keys a token attends to
-    attention = 4 * h * layers * mean_context  # QK^T and AV, forward
-    model = 4 * base + 6 * lora_params + 3 * attention
-    return {"base_params": base, "lora_params": lora_params, "mean_context": mean_context,
-            "model_flops_per_token": model,
-            "hardware_flops_per_token": model + 2 * base + 2 * lora_params + attention,
-            "model_formula": "4*N_base + 6*N_lora + 3*attn_fwd",
-            "hardware_formula": "6*N_base + 8*N_lora + 4*attn_fwd (gradient checkpointing recomputes the forward)"}
-
-
 # ---- phases 2-4: training ------------------------------------------------------------------------
 
 def check_recipe(args, folder: Path) -> Recipe:
     """The 4090 recipe on the built model and the bundled generated tasks (the tiny default's mix)."""
-    real, tiny = load_recipe(GPU_RECIPE), load_recipe(None)
+    real, tiny = load_recipe(GPU_RECIPE), load_recipe(CONFIG_DIR / "tiny-cpu.toml")
     data = [dataclasses.replace(s, max_examples=args.examples) for s in tiny.data]
     lora = real.lora if not args.lora_r else dataclasses.replace(real.lora, r=args.lora_r, alpha=2 * args.lora_r)
     return dataclasses.replace(
@@ -219,28 +154,50 @@ def check_recipe(args, folder: Path) -> Recipe:
                                   grad_accum=1, epochs=0.0, max_steps=0))
 
 
-def throughput(tokens: int, seconds: float, flops: dict, peak_tflops: float) -> dict:
-    rate = tokens / seconds
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": rate,
-            "mfu": rate * flops["model_flops_per_token"] / (peak_tflops * 1e12),
-            "hfu": rate * flops["hardware_flops_per_token"] / (peak_tflops * 1e12)}
-
-
-def train_ours(recipe: Recipe, tokenizer, steps: int, adapter_dir: Path | None) -> dict:
+def train_ours(recipe: Recipe, tokenizer, steps: int, adapter_dir: Path | None, resume: bool = True) -> dict:
     release()
     started = time.perf_counter()
     model = load_model(recipe)
     optimizer = make_optimizer(recipe, model)
     load_s = time.perf_counter() - started
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tokens, seconds = time_ours(model, optimizer, make_batches(recipe, tokenizer), recipe, steps, 0)
+    batches = make_batches(recipe, tokenizer)
+    tokens, seconds = time_ours(model, optimizer, batches, recipe, steps, 0)
     result = {"load_s": load_s, "micro_batch": recipe.train.micro_batch_size, "lora_params": lora_params,
               "tokens": tokens, "seconds": seconds, **peak_memory(), **planned_memory(recipe)}
+    if resume:
+        result["resume"] = resumed_optimizer(recipe, model, optimizer, batches, steps + 1)
     if adapter_dir is not None:
         model.save_pretrained(adapter_dir)
     del model, optimizer
     release()
     return result
+
+
+def resumed_optimizer(recipe: Recipe, model, optimizer, batches: Batches, position: int) -> dict:
+    """The optimizer state saved and loaded as checkpoints do (train.run.checkpoint: torch.save,
+    torch.load, load_state_dict), then one step: what it adds to the caching allocator (bitsandbytes
+    moves loaded state to the device as ordinary tensors, not paged ones) and whether it is still
+    paged. The plan subtracts the paged state from the cap, so a resumed run, which holds it in the
+    allocator instead, needs the same card."""
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    optimizer.zero_grad(set_to_none=True)
+    del optimizer
+    release()
+    before = allocated_gib()
+    fresh = make_optimizer(recipe, model)
+    buffer.seek(0)
+    fresh.load_state_dict(torch.load(buffer, weights_only=False))
+    batch = next(batches.from_position(position))
+    batch.pop("num_tokens")
+    train_step(model, fresh, [batch], recipe.train.lr, recipe.train.max_grad_norm, autocast_dtype(recipe))
+    sync()
+    after = allocated_gib()
+    tensors = [v for state in fresh.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return {"state_gib": buffer.getbuffer().nbytes / 2**30, "plan_paged_gib": paged_state_gib(recipe),
+            "allocated_delta_gib": None if before is None else after - before,
+            "paged_after_load": any(getattr(t, "is_paged", False) for t in tensors)}
 
 
 def planned_memory(recipe: Recipe) -> dict:
@@ -279,14 +236,14 @@ def train_capped(recipe: Recipe, tokenizer, steps: int) -> dict:
     context are outside the cap). CPU: nothing to enforce, the peak is compared."""
     track = load_rules().tracks[CAP_TRACK]
     if not on_cuda():
-        result = train_ours(recipe, tokenizer, steps, None)
+        result = train_ours(recipe, tokenizer, steps, None, resume=False)
         return {"track": CAP_TRACK, "cap_gib": track.gpu_memory_gib, "enforced": False,
                 "fits": result["peak_reserved_gib"] <= track.gpu_memory_gib, **result,
                 "note": "no CUDA device: the process's peak RSS is compared with the cap"}
     release()
     notes = apply_gpu_limits(track, paged_state_gib(recipe))
     try:
-        result = train_ours(recipe, tokenizer, steps, None)
+        result = train_ours(recipe, tokenizer, steps, None, resume=False)
         fits, error = True, ""
     except RuntimeError as err:  # torch.cuda.OutOfMemoryError, or a library's own CUDA OOM
         if "out of memory" not in str(err).lower():
@@ -315,13 +272,16 @@ def burst(engine, requests: list, concurrency: int) -> dict:
     with ThreadPoolExecutor(concurrency) as pool:
         generated = sum(pool.map(send, requests))
     elapsed = time.perf_counter() - begin
-    return {"concurrency": concurrency, "requests": len(requests), "seconds": elapsed,
+    return {"concurrency": concurrency, "requests": len(requests), "seconds": elapsed, "generated_tokens": generated,
             "requests_per_s": len(requests) / elapsed, "generated_tokens_per_s": generated / elapsed,
             "p50_latency_s": statistics.median(latencies)}
 
 
-def serve(folder: Path, adapter_dir: Path, levels: list[int], counts: list[int]) -> dict:
-    """Bursts of judges'-style requests through the submission engine, in process."""
+def serve(folder: Path, adapter_dir: Path, levels: list[int], counts: list[int], baseline_count: int) -> dict:
+    """The server's memory plan and bursts of judges'-style requests through the submission engine,
+    in process; then the last level's first `baseline_count` requests one at a time through
+    `generate`, as the official samples served them."""
+    import server_baseline  # bench/server_baseline.py: the samples' handler
     from server_throughput import workload  # bench/server_throughput.py: the HELM-shaped request mix
 
     from submission.api import ProcessRequest
@@ -333,19 +293,58 @@ def serve(folder: Path, adapter_dir: Path, levels: list[int], counts: list[int])
     settings = Settings(model=str(folder), adapter=str(adapter_dir))
     started = time.perf_counter()
     model, tokenizer, quant = load(settings)
+    unreleased = torch.cuda.mem_get_info()[0] if on_cuda() else None  # what the plan read before issue 25
     engine = Engine(model, tokenizer, settings)
-    result: dict = {"quant": quant, "load_s": time.perf_counter() - started, "levels": []}
+    result: dict = {"quant": quant, "load_s": time.perf_counter() - started, "levels": [],
+                    "plan": server_plan(engine, settings, unreleased)}
     try:
         engine.submit(ProcessRequest(**workload(1, seed=999)[0])).result()  # warm-up
+        asked = done = 0
         for level, count in zip(levels, counts):
             requests = [ProcessRequest(**body) for body in workload(count, seed=level)]
             result["levels"].append(burst(engine, requests, level))
+            asked += sum(r.max_new_tokens for r in requests)
+            done += result["levels"][-1]["generated_tokens"]
+        result["full_length_share"] = done / asked
         result |= peak_memory()
     finally:
         engine.close()
-        del engine, model
+        del engine
+        release()
+    server_baseline.state |= {"model": model, "tokenizer": tokenizer}
+    try:
+        result["baseline"] = one_at_a_time(server_baseline.process, requests[:baseline_count])
+    finally:
+        server_baseline.state.clear()
+        del model
         release()
     return result
+
+
+def server_plan(engine, settings, unreleased: int | None) -> dict:
+    """The engine's plan (from memory released first) beside the plan the same free-memory reading
+    would give without releasing the allocator's cache (CUDA only; None on the CPU)."""
+    from submission.memory import plan
+
+    figures = {"free_gib": engine.memory.free_bytes / 2**30, "batch_tokens": engine.memory.batch_tokens,
+               "prefix_cache_tokens": engine.memory.prefix_cache_tokens,
+               "unreleased_free_gib": None, "unreleased_batch_tokens": None}
+    if unreleased is not None:
+        figures["unreleased_free_gib"] = unreleased / 2**30
+        try:
+            figures["unreleased_batch_tokens"] = plan(unreleased, engine.model.config, engine.dtype, settings,
+                                                      engine.context).batch_tokens
+        except ValueError as err:
+            figures["unreleased_batch_tokens"] = str(err)
+    return figures
+
+
+def one_at_a_time(process: Callable, requests: list) -> dict:
+    begin = time.perf_counter()
+    generated = sum(len(process(request)["tokens"]) for request in requests)
+    elapsed = time.perf_counter() - begin
+    return {"requests": len(requests), "seconds": elapsed, "requests_per_s": len(requests) / elapsed,
+            "generated_tokens_per_s": generated / elapsed}
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -387,58 +386,6 @@ class Report:
         return value
 
 
-def summary(figures: dict) -> list[str]:
-    lines = []
-    dev = figures["device"]
-    lines.append(f"device {dev['device']} (torch {dev['torch']}, transformers {dev['transformers']}, "
-                 f"attention {dev['attention']}); peak {dev['peak_tflops']:.4g} TFLOP/s ({dev['peak_source']}); "
-                 f"measured {dev['matmul_dtype']} matmul {dev['matmul_tflops']:.4g} TFLOP/s")
-    if "model" in figures:
-        m = figures["model"]
-        lines.append(f"model: {m['shape']} shape, {m['params'] / 1e9:.2f}B params, random bf16 init "
-                     f"{m['init_s']:.1f} s, save {m['save_s']:.1f} s")
-    if "flops" in figures:
-        f = figures["flops"]
-        lines.append(f"FLOPs/token: model {f['model_flops_per_token']:.4g} = {f['model_formula']}; hardware "
-                     f"{f['hardware_flops_per_token']:.4g} = {f['hardware_formula']}; N_base "
-                     f"{f['base_params']:.4g}, N_lora {f['lora_params']:.4g}, mean attended keys "
-                     f"{f['mean_context']:.1f}")
-    sides = (("ours", "ours (train_step, packed)"), ("trainer_flat", "Trainer + peft (padding-free)"),
-             ("trainer", "Trainer + peft (padded)"))
-    for key, label in sides:
-        if key in figures:
-            r = figures[key]
-            lines.append(f"{label:30s} {r['tokens_per_s']:10.1f} non-pad tokens/s  MFU {r['mfu']:.3f}  "
-                         f"HFU {r['hfu']:.3f}  peak {r['peak_allocated_gib']:.2f} GiB allocated / "
-                         f"{r['peak_reserved_gib']:.2f} reserved  ({r['tokens'] // figures['args']['steps']} tokens/step in "
-                         f"{r['micro_batch']} {'rows' if key == 'ours' else 'examples'}, load {r['load_s']:.1f} s)")
-    for key, label in (("trainer_flat", "Trainer padding-free"), ("trainer", "Trainer padded")):
-        if "ours" in figures and key in figures:
-            lines.append(f"ratio ours / {label}: {figures['ours']['tokens_per_s'] / figures[key]['tokens_per_s']:.2f}x")
-    if "ours" in figures:
-        o = figures["ours"]
-        measured = "peak allocated" if figures["device"]["device"] != "cpu" else "process max RSS (not comparable)"
-        lines.append(f"memory plan (train.budget.plan): {o['plan_allocator_gib']:.2f} GiB in the allocator against "
-                     f"{o['peak_allocated_gib']:.2f} GiB measured {measured}; {o['plan_card_gib']:.2f} GiB on the "
-                     "card with the context and the paged optimizer state")
-    if "cap" in figures:
-        c = figures["cap"]
-        how = "enforced" if c["enforced"] else "compared, not enforced"
-        lines.append(f"{c['track']} cap {c['cap_gib']:.2f} GiB ({how}): {'FITS' if c['fits'] else 'DOES NOT FIT'}"
-                     f" (peak {c['peak_reserved_gib']:.2f} GiB reserved) {c.get('error', '')}".rstrip())
-    if "serve" in figures:
-        s = figures["serve"]
-        for level in s["levels"]:
-            lines.append(f"serve ({s['quant']}) concurrency {level['concurrency']:3d}: {level['requests']} requests, "
-                         f"{level['requests_per_s']:.2f} req/s, {level['generated_tokens_per_s']:.1f} generated "
-                         f"tokens/s, p50 {level['p50_latency_s']:.2f} s")
-    if figures["skipped"]:
-        lines.append(f"skipped (time budget): {', '.join(figures['skipped'])}")
-    for name, error in figures["failed"].items():
-        lines.append(f"FAILED {name}: {error}")
-    return lines
-
-
 def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="tiny CPU mode (the default with no CUDA device)")
@@ -453,8 +400,12 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--examples", type=int, help="examples per generated task (default 2000 / 100)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 30], help="serving concurrency levels")
     parser.add_argument("--requests", type=int, nargs="+", help="requests per level (default 8 60 / 2 30)")
+    parser.add_argument("--baseline-requests", type=int,
+                        help="of the last level's requests, how many one-at-a-time generate serves (default 16 / 4)")
     parser.add_argument("--peak-tflops", type=float, help="peak for MFU (default: data sheet / measured)")
-    parser.add_argument("--budget-s", type=float, default=420, help="start no phase after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=300,
+                        help="start no phase after this many seconds (default 300: the last phase ends well "
+                        "inside 8 minutes on an H100/H200)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (CPU mode default 1: tiny shapes gain "
                         "nothing from more, and a shared machine thrashes; CUDA: torch's default)")
     parser.add_argument("--work-dir", type=Path, help="where the model is saved (default /dev/shm or temp)")
@@ -465,7 +416,8 @@ def parse_args(argv: list[str] | None):
         parser.error("--cpu on a CUDA machine: hide the GPU with CUDA_VISIBLE_DEVICES= instead")
     defaults = {"shape": "tiny" if cpu else "7b", "steps": 2 if cpu else 8, "seq_len": 128 if cpu else 2048,
                 "lora_r": 8 if cpu else 0, "examples": 100 if cpu else 2000,
-                "requests": [2, 30] if cpu else [8, 60], "threads": 1 if cpu else 0}
+                "requests": [2, 30] if cpu else [8, 60], "baseline_requests": 4 if cpu else 16,
+                "threads": 1 if cpu else 0}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -475,8 +427,10 @@ def parse_args(argv: list[str] | None):
         parser.error("--threads must not be negative")
     if args.baseline_batch is not None and args.baseline_batch < 1:
         parser.error("--baseline-batch must be positive")
-    if min(args.steps, args.cap_steps, args.seq_len, args.micro_batch, args.examples, *args.levels, *args.requests) < 1:
-        parser.error("--steps, --cap-steps, --seq-len, --micro-batch, --examples, --levels and --requests must be positive")
+    if min(args.steps, args.cap_steps, args.seq_len, args.micro_batch, args.examples, args.baseline_requests,
+           *args.levels, *args.requests) < 1:
+        parser.error("--steps, --cap-steps, --seq-len, --micro-batch, --examples, --baseline-requests, --levels and"
+                     " --requests must be positive")
     return args
 
 
@@ -487,19 +441,21 @@ def measure(args, report: Report, work: Path) -> None:
     tokenizer = load_tokenizer(recipe.model.base)
     examples = build_examples(recipe, tokenizer)
     adapter_dir = work / "adapter"
+    # First, while the card holds only the CUDA context: apply_gpu_limits counts whatever else is
+    # outside the allocator (a later phase's paged buffers) as context.
+    report.phase("cap", lambda: train_capped(recipe, tokenizer, args.cap_steps))
     ours = report.phase("ours", lambda: train_ours(recipe, tokenizer, args.steps, adapter_dir))
     if ours:
         flops = flops_per_token(dims, ours["lora_params"], examples)
         report.add("flops", flops)
         report.add("ours", ours | throughput(ours["tokens"], ours["seconds"], flops, peak))
+        report.phase("serve", lambda: serve(work / "model", adapter_dir, args.levels, args.requests,
+                                            args.baseline_requests))
         trainers = report.phase("trainers", lambda: train_trainers(
             recipe, tokenizer, examples, args.steps, args.baseline_batch or args.micro_batch))
         for name, key in (("flat", "trainer_flat"), ("padded", "trainer")) if trainers else ():
             run = trainers[name]
             report.add(key, run | throughput(run["tokens"], run["seconds"], flops, peak))
-    report.phase("cap", lambda: train_capped(recipe, tokenizer, args.cap_steps))
-    if ours:
-        report.phase("serve", lambda: serve(work / "model", adapter_dir, args.levels, args.requests))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,20 +20,16 @@ import threading
 import time
 
 import torch
-import uvicorn
-from fastapi import FastAPI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.embedded import resolve_model_id
 from core.tiny import EMBEDDED_ID
 from submission.api import ProcessRequest
 
-app = FastAPI()
 lock = threading.Lock()  # the samples served one request at a time
 state: dict = {}
 
 
-@app.get("/health")
 def health() -> dict:
     return {"status": "ok"}
 
@@ -41,7 +37,7 @@ def health() -> dict:
 def process(request: ProcessRequest) -> dict:
     start = time.perf_counter()
     model, tokenizer = state["model"], state["tokenizer"]
-    ids = tokenizer(request.prompt, return_tensors="pt").input_ids
+    ids = tokenizer(request.prompt, return_tensors="pt").input_ids.to(model.device)
     greedy = request.temperature <= 1e-4
     options = (
         {"do_sample": False}
@@ -108,6 +104,11 @@ def main() -> None:
     parser.add_argument("--style", choices=["sample", "threaded"], default="sample")
     args = parser.parse_args()
     handler = process_like_the_samples if args.style == "sample" else process
+    import uvicorn  # here: bench/gpu_check.py calls process() in a process without the web stack
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.get("/health")(health)
     app.post("/process")(handler)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ from core.generated import TASKS
 from core.tiny import EMBEDDED_ID
 
 ROOT = Path(__file__).resolve().parent.parent
-PROSE = ROOT / "train" / "assets" / "prose.txt"
+PROSE = ROOT / "core" / "assets" / "prose.txt"
 MIX = ((0.70, 1, []), (0.25, 64, []), (0.05, 400, ["\n\n"]))  # share, max_new_tokens, stop_sequences
 
 

@@ -36,7 +36,7 @@ from core.generated import TASKS
 from core.tiny import EMBEDDED_ID
 
 ROOT = Path(__file__).resolve().parent.parent
-PROSE = ROOT / "train" / "assets" / "prose.txt"
+PROSE = ROOT / "core" / "assets" / "prose.txt"
 KINDS = (  # share, name, request fields
     (0.50, "1-token", {"max_new_tokens": 1, "top_k_per_token": 5}),
     (0.20, "stop", {"max_new_tokens": 64, "stop_sequences": ["\n"]}),
@@ -148,7 +148,7 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -165,8 +165,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     requests = distinct_requests(args.per_prefix, args.seed)
     rng = random.Random(args.seed)
     soak_order = [rng.randrange(len(requests)) for _ in range(args.requests)]

@@ -3,14 +3,15 @@
 The settings bound the batch in rows and the prefix cache in tokens; what a token costs depends on
 the model: layers x key/value heads x head size x 2 (keys and values) x bytes per value, 128 KiB
 for Mistral-7B in bf16 (8 key/value heads) and 512 KiB for Llama-2-7b (32). The plan takes the
-free memory after the weights are loaded, sets aside a margin for the allocator and the largest
-forward pass's activations, gives the prefix cache at most 15% of the rest (the batch serves the 30 clients first), and sizes the
+free memory after the weights are loaded and what loading left (cached blocks, garbage) is
+released, sets aside a margin for the allocator and the largest forward pass's activations, gives the prefix cache at most 15% of the rest (the batch serves the 30 clients first), and sizes the
 running batch in tokens (rows x columns) so that it fits twice (a rebuild copies it) beside the
 states of one prompt forward pass.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +90,14 @@ def plan(free_bytes: int, config, dtype: torch.dtype, settings: Settings, contex
 
 
 def free_bytes(device: torch.device) -> int:
-    """Memory the server may still take on `device`. For a CPU, the kernel's estimate of memory
-    available without swapping (free pages alone leave out the page cache, which holds the
-    weights file just read)."""
+    """Memory the server may still take on `device`, once what loading left behind is released:
+    garbage (a merge's discarded wrappers) and, on CUDA, the caching allocator's free blocks (NF4
+    loading, dequantizing and merging leave gigabytes there, which mem_get_info counts as used).
+    For a CPU, the kernel's estimate of memory available without swapping (free pages alone leave
+    out the page cache, which holds the weights file just read)."""
+    gc.collect()
     if device.type == "cuda":
+        torch.cuda.empty_cache()
         return torch.cuda.mem_get_info(device)[0]
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():

@@ -1,5 +1,6 @@
 """bench/gpu_check.py's CPU mode, end to end in a subprocess, so the GPU check cannot rot between
-the rare runs on a GPU: every phase runs and every figure is there and consistent."""
+the rare runs on a GPU: every phase runs and every figure is there and consistent, in a process
+where datasketch cannot be imported (the device image has none) and with the device command's flags."""
 from __future__ import annotations
 
 import json
@@ -15,8 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_cpu_mode_reports_every_figure(tiny_model, tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    without_datasketch = ("import runpy, sys; sys.modules['datasketch'] = None; sys.path.insert(0, 'bench'); "
+                          "sys.argv = ['bench/gpu_check.py', *sys.argv[1:]]; "
+                          "runpy.run_path('bench/gpu_check.py', run_name='__main__')")
     proc = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--cpu", "--steps", "2", "--out", str(out)],
+        [sys.executable, "-c", without_datasketch, "--cpu", "--steps", "2", "--budget-s", "300", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = json.loads(out.read_text())
@@ -45,6 +49,18 @@ def test_cpu_mode_reports_every_figure(tiny_model, tmp_path):
 
     cap = figures["cap"]
     assert cap["track"] == "rtx4090-24gb" and cap["enforced"] is False and cap["fits"] is True
+    # The cap runs before any other training phase (nothing of theirs counted as CUDA context).
+    assert list(figures).index("cap") < list(figures).index("ours")
+    resume = ours["resume"]
+    assert resume["state_gib"] > 0 and resume["allocated_delta_gib"] is None and resume["paged_after_load"] is False
+    assert figures["device"]["tf32"] == {"allow_tf32": False, "float32_matmul_precision": "highest",
+                                         "cuda_matmul_fp32_precision": "none"}  # no CUDA: TF32 stays off
+
+    serve = figures["serve"]
+    plan = serve["plan"]
+    assert plan["free_gib"] > 0 and plan["batch_tokens"] > 0 and plan["unreleased_free_gib"] is None
+    assert serve["baseline"]["requests"] == 4 and serve["baseline"]["generated_tokens_per_s"] > 0
+    assert 0 < serve["full_length_share"] <= 1
 
     levels = figures["serve"]["levels"]
     assert [level["concurrency"] for level in levels] == [1, 30]
@@ -55,6 +71,7 @@ def test_cpu_mode_reports_every_figure(tiny_model, tmp_path):
     for needle in ("FLOPs/token: model", "ours (train_step, packed)", "Trainer + peft (padded)",
                    "Trainer + peft (padding-free)", "MFU", "ratio ours / Trainer padded",
                    "ratio ours / Trainer padding-free", "memory plan (train.budget.plan)", "rtx4090-24gb cap 23.52 GiB",
-                   "FITS", "concurrency   1", "concurrency  30"):
+                   "FITS", "concurrency   1", "concurrency  30", "TF32: allow_tf32", "resume: optimizer state",
+                   "server memory plan", "one-at-a-time generate", "ran to max_new_tokens"):
         assert needle in text, needle
     assert figures["summary"] == text.split("total ")[0].strip().splitlines()[-len(figures["summary"]):]
