@@ -8,6 +8,12 @@ examples are dropped from the end, and as a last resort the prompt is cut (/toke
 then /decode). The completion is returned as the server sent it: the judges' client never cut it at a
 stop sequence, so neither does this one. Requests run on `concurrency` threads (30, like the judges).
 
+Loglikelihood requests (lm-eval's multiple-choice tasks) echo the prompt: /process with echo_prompt,
+max_new_tokens 0 and top_k_per_token 1 returns every prompt token with its log-probability; the
+continuation's tokens are the last ones, as many as /tokenize counts beyond the context's (the split
+lm-eval's `hf` model makes: trailing spaces of the context move to the continuation). `openai-api`
+(eval/openai_client.py) speaks the OpenAI completions API instead.
+
 Several servers of the same entry (`base_url` "URL1,URL2,..."; "|" also separates, for lm-eval's
 model_args string, which splits on commas) share one queue of requests, each with its own `concurrency`
 threads, so a faster server takes more of them. Greedy answers do not depend on which server answered.
@@ -19,9 +25,13 @@ import queue
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
+
+# lm-eval registers its own models (hf, local-completions) only while its registry is empty: import
+# them first, so that registering ours below does not hide them.
+import lm_eval.models  # noqa: F401
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
@@ -49,6 +59,7 @@ class Call:
     max_new_tokens: int
     temperature: float
     stop: tuple[str, ...]
+    continuation: str = ""  # a loglikelihood request's: its log-probability given `prompt`
 
     def where(self) -> str:
         return f"request {self.index} (task {self.task}, document {self.doc_id})"
@@ -142,6 +153,33 @@ class Server:
         body = process_body(prompt, call.max_new_tokens, call.temperature, call.stop)
         return check_process(self.post("/process", body, call.where()), f"{call.where()}: POST {self.base_url}/process")
 
+    def loglikelihood(self, call: Call) -> tuple[float, bool]:
+        """The continuation's log-probability given the context, and whether it is the greedy one."""
+        context, continuation = split_pair(call.prompt, call.continuation)
+        whole = context + continuation
+        length = self.count_tokens(whole, call.where())
+        if length > CONTEXT_WINDOW:
+            raise ServerError(f"{call.where()}: context + continuation are {length} tokens; the context holds "
+                              f"{CONTEXT_WINDOW}")
+        count = length - self.count_tokens(context, call.where())
+        body = {**process_body(whole, 0, 0.0, ()), "echo_prompt": True}
+        what = f"{call.where()}: POST {self.base_url}/process"
+        answer = self.post("/process", body, call.where())
+        check_process(answer, what)
+        tokens = answer["tokens"][len(answer["tokens"]) - count :] if count > 0 else []
+        if len(tokens) < count:
+            raise ServerError(f"{what} echoed {len(answer['tokens'])} tokens; the continuation alone is {count}")
+        greedy = all(not t["top_logprob"] or t["logprob"] >= max(t["top_logprob"].values()) for t in tokens)
+        return sum(t["logprob"] for t in tokens), greedy
+
+
+def split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's split: the context's trailing spaces belong to the continuation."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        return context[:-spaces], context[-spaces:] + continuation
+    return context, continuation
+
 
 def server_urls(base_url: str | list[str] | tuple[str, ...]) -> list[str]:
     """The servers named by `base_url`: one URL, or several separated by commas or "|"."""
@@ -162,6 +200,8 @@ class ChallengeAPI(LM):
     """lm-eval model arguments: base_url (required; several servers separated by "," or "|"), concurrency
     (30 per server), timeout_s (3000)."""
 
+    server_class = Server
+
     def __init__(self, base_url: str, concurrency: int = DEFAULT_CONCURRENCY, timeout_s: float = DEFAULT_TIMEOUT_S,
                  progress: bool = True, **_lm_eval_extras):
         # lm-eval hands every model its batch_size/device settings: meaningless for a server, ignored.
@@ -169,24 +209,31 @@ class ChallengeAPI(LM):
         if int(concurrency) < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.concurrency = int(concurrency)
-        self.servers = [Server(u, float(timeout_s), self.concurrency) for u in server_urls(base_url)]
+        self.servers = [self.server_class(u, float(timeout_s), self.concurrency) for u in server_urls(base_url)]
         self.progress = progress
         self.seconds = 0.0  # wall time spent generating, summed over calls
         self.answered: dict[str, int] = {s.base_url: 0 for s in self.servers}  # requests each server answered
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        calls = [self._call(i, r) for i, r in enumerate(requests)]
+        return self._run([self._call(i, r) for i, r in enumerate(requests)], "generate", disable_tqdm)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        calls = [replace(self._call(i, r, {}), continuation=r.args[1]) for i, r in enumerate(requests)]
+        return self._run(calls, "loglikelihood", disable_tqdm)
+
+    def _run(self, calls: list[Call], method: str, disable_tqdm: bool) -> list:
+        """The servers' `method` (generate, loglikelihood) of every call, spread over the servers."""
         where = ", ".join(s.base_url for s in self.servers)
         bar = tqdm(total=len(calls), desc=f"requests to {where}", disable=disable_tqdm or not self.progress)
         start = time.perf_counter()
         try:
-            results = self._spread(calls, bar)
+            results = self._spread(calls, bar, method)
         finally:
             bar.close()
             self.seconds += time.perf_counter() - start
         return results
 
-    def _spread(self, calls: list[Call], bar) -> list[str]:
+    def _spread(self, calls: list[Call], bar, method: str) -> list:
         """Every server's threads take requests from one queue until it is empty or a request fails; the
         earliest failed request (in request order) is raised."""
         pending: queue.SimpleQueue[Call] = queue.SimpleQueue()
@@ -204,7 +251,7 @@ class ChallengeAPI(LM):
                 except queue.Empty:
                     return
                 try:
-                    results[call.index] = server.generate(call)
+                    results[call.index] = getattr(server, method)(call)
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
                     with lock:
                         failures[call.index] = exc
@@ -228,8 +275,9 @@ class ChallengeAPI(LM):
         return results  # type: ignore[return-value]  # every slot is filled when nothing failed
 
     @staticmethod
-    def _call(index: int, request) -> Call:
-        context, gen_kwargs = request.args
+    def _call(index: int, request, gen_kwargs: dict | None = None) -> Call:
+        context = request.args[0]
+        gen_kwargs = request.args[1] if gen_kwargs is None else gen_kwargs
         until = gen_kwargs.get("until") or []
         doc = request.doc if isinstance(request.doc, dict) else {}
         return Call(
@@ -242,12 +290,6 @@ class ChallengeAPI(LM):
             max_new_tokens=int(gen_kwargs.get("max_gen_toks", 256)),
             temperature=float(gen_kwargs.get("temperature", 0.0)),
             stop=(until,) if isinstance(until, str) else tuple(until),
-        )
-
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        raise NotImplementedError(
-            "the competition API serves generation only: challenge-api runs generate_until tasks (HELM's "
-            "multiple-choice-joint asks for one generated letter), not loglikelihood ones"
         )
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):

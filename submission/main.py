@@ -8,18 +8,23 @@ the tokenizing. Settings come from HARNESS_* environment variables (see settings
 
 Overload is answered, not suffered: a full queue gets 503 with Retry-After, a request not served
 within request_timeout_s gets 504, a stopped engine makes /health and /process answer 503.
+
+The same engine also serves the OpenAI-compatible API (openai_api.py: /v1/..., /tokenizer_info,
+/detokenize, and vLLM's body shape on /tokenize); its errors come in OpenAI's shape. GET /metrics
+speaks Prometheus (metrics.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import Discriminator, Tag
 
 from submission.api import (
     DecodeRequest,
@@ -31,11 +36,13 @@ from submission.api import (
 )
 from submission.engine import Engine, InvalidRequest, RequestTimeout, Unavailable
 from submission.loading import load
+from submission.metrics import Metrics
+from submission.openai_api import ModelNotFound, Served, error_body, router, vllm_tokenize
+from submission.openai_schema import VllmTokenizeRequest, VllmTokenizeResponse
+from submission.serving import inline_if_small, settle
 from submission.settings import Settings
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-TIMEOUT_GRACE_S = 5.0  # the engine times requests out between steps; this catches a hung step
-INLINE_LIMIT = 50_000  # characters or tokens handled on the event loop; larger inputs go to a thread
 log = logging.getLogger("submission")
 
 
@@ -44,6 +51,7 @@ async def lifespan(app: FastAPI):
     settings = Settings.from_env()
     model, tokenizer, quant = load(settings)
     app.state.engine = Engine(model, tokenizer, settings)
+    app.state.openai = Served.of(app.state.engine, settings.model)
     app.state.info = {"model": settings.model, "adapter": settings.adapter, "quantization": quant}
     log.info("serving %s", app.state.info)
     yield
@@ -51,9 +59,21 @@ async def lifespan(app: FastAPI):
 
 
 app = FastAPI(title="LLM efficiency harness: competition server", lifespan=lifespan)
+app.include_router(router)
+metrics = Metrics()
 
 
 @app.middleware("http")
+async def observe(request: Request, call_next):
+    """Count and time every request by route (one middleware: each layer costs every request)."""
+    start = time.perf_counter()
+    response = await limit_body(request, call_next)
+    route = request.scope.get("route")
+    path = route.path if route is not None else "unmatched"
+    metrics.observe(request.method, path, response.status_code, time.perf_counter() - start)
+    return response
+
+
 async def limit_body(request: Request, call_next):
     """Refuse over-large bodies before reading them (and chunked ones while reading)."""
     declared = request.headers.get("content-length")
@@ -77,21 +97,36 @@ def too_large() -> JSONResponse:
     )
 
 
+def openai_route(request: Request) -> bool:
+    return request.url.path.startswith("/v1/")
+
+
+def failure(request: Request, status: int, detail, message: str, param: str | None = None,
+            headers: dict | None = None) -> JSONResponse:
+    """An error in the shape of the route's API: the competition's (FastAPI's `detail`), or
+    OpenAI's (`error`, with 400 for a bad request, as OpenAI answers)."""
+    if openai_route(request):
+        status = 400 if status == 422 else status
+        return JSONResponse(status_code=status, content=error_body(status, message, param), headers=headers)
+    return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+
+
 @app.exception_handler(InvalidRequest)
 async def invalid_request(request: Request, error: InvalidRequest) -> JSONResponse:
+    status = 404 if isinstance(error, ModelNotFound) else 422
     detail = [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]
-    return JSONResponse(status_code=422, content={"detail": detail})
+    return failure(request, status, detail, str(error), error.field)
 
 
 @app.exception_handler(Unavailable)
 async def unavailable(request: Request, error: Unavailable) -> JSONResponse:
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
-    return JSONResponse(status_code=503, content={"detail": str(error)}, headers=headers)
+    return failure(request, 503, str(error), str(error), headers=headers)
 
 
 @app.exception_handler(RequestTimeout)
 async def timed_out(request: Request, error: RequestTimeout) -> JSONResponse:
-    return JSONResponse(status_code=504, content={"detail": str(error)})
+    return failure(request, 504, str(error), str(error))
 
 
 @app.exception_handler(RequestValidationError)
@@ -101,21 +136,18 @@ async def invalid_body(request: Request, error: RequestValidationError) -> JSONR
         {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
         for e in error.errors()
     ]
-    return JSONResponse(status_code=422, content={"detail": detail})
-
-
-async def inline_if_small(size: int, work, *args):
-    """Tokenizing a prompt takes about a millisecond: cheaper on the event loop than a thread
-    hand-off. A huge input would hold the loop up, so it runs on a thread."""
-    return work(*args) if size <= INLINE_LIMIT else await asyncio.to_thread(work, *args)
+    first = detail[0] if detail else {"loc": [], "msg": "invalid body"}
+    param = ".".join(str(part) for part in first["loc"][1:]) or None  # after "body"
+    return failure(request, 422, detail, f"{param or 'body'}: {first['msg']}", param)
 
 
 @app.get("/health")
 def health() -> JSONResponse:
     engine: Engine = app.state.engine
-    status = "ok" if engine.alive else "failed: the engine's worker has stopped"
+    problem = engine.problem()  # the worker stopped, or no progress for stall_s while requests wait
+    status = "ok" if problem is None else f"failed: {problem}"
     body = {"status": status, **app.state.info, "context": engine.context, **engine.stats()}
-    return JSONResponse(body, status_code=200 if engine.alive else 503)
+    return JSONResponse(body, status_code=200 if problem is None else 503)
 
 
 @app.post("/process", response_model=ProcessResponse)
@@ -123,17 +155,29 @@ async def process(request: ProcessRequest) -> JSONResponse:
     start = time.perf_counter()
     engine: Engine = app.state.engine
     submitted = await inline_if_small(len(request.prompt), engine.submit, request)
-    limit = engine.settings.request_timeout_s + TIMEOUT_GRACE_S
-    try:
-        result = await asyncio.wait_for(asyncio.wrap_future(submitted), limit)
-    except TimeoutError:  # the worker is stuck in one step: answer anyway
-        raise RequestTimeout(f"the request was not served within {limit} s (a step hung)") from None
+    (result,) = await settle(engine, [submitted])
     # The engine builds the response's exact shape; returning it directly skips re-validating it.
     return JSONResponse({**result, "request_time": time.perf_counter() - start})
 
 
-@app.post("/tokenize", response_model=TokenizeResponse)
-async def tokenize(request: TokenizeRequest) -> JSONResponse:
+def tokenize_shape(body: object) -> str:
+    """vLLM's body has `prompt` where the competition's has `text`."""
+    return "vllm" if isinstance(body, dict) and "prompt" in body and "text" not in body else "competition"
+
+
+TokenizeBody = Annotated[
+    Annotated[TokenizeRequest, Tag("competition")] | Annotated[VllmTokenizeRequest, Tag("vllm")],
+    Discriminator(tokenize_shape),
+]
+
+
+@app.post("/tokenize", response_model=TokenizeResponse | VllmTokenizeResponse)
+async def tokenize(request: TokenizeBody) -> JSONResponse:
+    """The competition's shape ({text, truncation, max_length}); a body with vLLM's `prompt` and no
+    `text` gets vLLM's answer ({count, max_model_len, tokens}), which lm-eval's remote tokenizer reads.
+    A bad body's errors are located as ["body", "competition" or "vllm", field]."""
+    if isinstance(request, VllmTokenizeRequest):
+        return await vllm_tokenize(app.state.openai, request)
     start = time.perf_counter()
     engine = app.state.engine
     tokens = await inline_if_small(
@@ -147,3 +191,10 @@ async def decode(request: DecodeRequest) -> JSONResponse:
     start = time.perf_counter()
     text = await inline_if_small(len(request.tokens), app.state.engine.decode, request.tokens)
     return JSONResponse({"text": text, "request_time": time.perf_counter() - start})
+
+
+@app.get("/metrics", response_class=PlainTextResponse)
+def prometheus() -> PlainTextResponse:
+    engine: Engine = app.state.engine
+    text = metrics.render(engine.stats(), engine.alive)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

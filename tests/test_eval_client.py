@@ -3,50 +3,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
-from lm_eval.api.instance import Instance
 
 from eval.adapters import Prompt
 from eval.client import ChallengeAPI, ServerError
-
-GOOD = {"text": " C", "tokens": [{"text": " C", "logprob": -0.1, "top_logprob": {" C": -0.1}}],
-        "logprob": -0.1, "request_time": 0.01}
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-    def do_POST(self) -> None:
-        state = self.server.state
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with state["lock"]:
-            state["calls"].append((self.path, body))
-            state["in_flight"] += 1
-            state["max_in_flight"] = max(state["max_in_flight"], state["in_flight"])
-        try:
-            time.sleep(state["delay"])
-            if self.path == "/tokenize":  # one token per character: easy to reason about
-                tokens = list(range(len(body["text"])))
-                answer = {"tokens": tokens[: body["max_length"]] if body["truncation"] else tokens}
-            elif self.path == "/decode":
-                answer = {"text": "d" * len(body["tokens"])}
-            elif callable(state["process"]):
-                answer = state["process"](body)
-            else:  # the prompt "ok" always gets a good answer: errors must name the request that failed
-                answer = GOOD if body["prompt"] == "ok" else state["process"]
-        finally:  # before the answer leaves: a client may send its next request as soon as it has read this one
-            with state["lock"]:
-                state["in_flight"] -= 1
-        raw = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
+from tests.helpers import GOOD, Handler, request
 
 
 @pytest.fixture
@@ -63,11 +26,6 @@ def server():
 
 def url(httpd) -> str:
     return f"http://127.0.0.1:{httpd.server_address[1]}"
-
-
-def request(prompt: str, doc_id: int = 0, doc: dict | None = None, **gen) -> Instance:
-    kwargs = {"until": ["\n\n"], "max_gen_toks": 400, "temperature": 0.0, "do_sample": False, **gen}
-    return Instance("generate_until", doc or {}, (prompt, kwargs), doc_id, ("gsm8k_main", doc_id, 1))
 
 
 def process_bodies(httpd) -> list[dict]:
@@ -160,9 +118,10 @@ def test_registered_for_lm_eval_by_name(server, tmp_path):
     assert [b["prompt"] for b in process_bodies(server)] == [spec.test[0].input]
 
 
-def test_loglikelihood_is_refused_with_a_reason(server):
-    with pytest.raises(NotImplementedError, match="generation only"):
-        ChallengeAPI(url(server), progress=False).loglikelihood([])
+def test_rolling_loglikelihood_is_refused_with_a_reason(server):
+    # Loglikelihood itself is served (echo through /process): tests/test_lm_eval_client.py.
+    with pytest.raises(NotImplementedError, match="no rolling loglikelihood"):
+        ChallengeAPI(url(server), progress=False).loglikelihood_rolling([])
 
 
 def test_run_keeps_finished_scenarios_when_a_later_one_fails(server, tmp_path, capsys):
@@ -181,7 +140,8 @@ def test_run_keeps_finished_scenarios_when_a_later_one_fails(server, tmp_path, c
     assert "error: scenario quick_qa: ServerError: request 0 (task quick_" in out
     assert "answered JSON without the field 'tokens'" in out
     with sqlite3.connect(db) as conn:
-        recorded = conn.execute("SELECT metric, value, instances FROM results WHERE entry = 'partial'").fetchall()
+        # --limit: a partial run, recorded apart from the ranked results (eval/store.py)
+        recorded = conn.execute("SELECT metric, value, instances FROM partial_results WHERE entry = 'partial'").fetchall()
     # The server always answered " C": each task scores the share of its first two golds that are C.
     from eval.scenarios import SCENARIOS
 
