@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +19,17 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: tests.helpers
 from eval.client import ChallengeAPI
 from eval.runner import evaluate, quiet_lm_eval
 from eval.scenarios import SCENARIOS
+from tests.helpers import free_port
 
 DEFAULT_SCENARIOS = [s.name for s in SCENARIOS.values() if s.suite == "quick"]
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "submission", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "warning"], env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"

@@ -70,13 +70,14 @@ SUMMARY_GEN = Generation(max_new_tokens=128, stop=("###",), temperature=0.3)
 
 
 def sam_sum(group: str, default: int) -> Callable[[Path, Budget], list[TaskSpec]]:
-    """SAMSum from samsum.tsv: every row is evaluated, so there are no in-context examples (as the judges ran it)."""
+    """SAMSum from samsum.tsv: every row is evaluated, so there are no in-context examples (as the judges ran it);
+    ROUGE-2 and HELM's bias metrics (eval/bias.py)."""
 
     def build(root: Path, budget: Budget) -> list[TaskSpec]:
         folder = root / "sam_sum"
         need(folder / "samsum.tsv", "the judges' SAMSum file")
         return [run_task("sam_sum", f"{group} - ROUGE-2", SUMMARY_FORMAT, sources.sam_sum(folder), 5,
-                         budget or default, SUMMARY_GEN, scoring="rouge2", source=sources.note(folder))]
+                         budget or default, SUMMARY_GEN, scoring="rouge2_bias", source=sources.note(folder))]
 
     return build
 

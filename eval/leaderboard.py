@@ -33,34 +33,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         track = check_track(args.track)
-        rankings = rank(_pool_metrics(args, track), args.suite)
+        store = _open(args.db)
+        rankings = rank(_pool_metrics(args, store, track), args.suite)
+        runs = report.Runs(store.instances(track), store.partial_runs(track))
         title = f"Leaderboard: track {track}, suite {args.suite}, {len(rankings)} entries"
         out = args.out or (DEFAULT_OUT if args.format == "table" else None)  # json: files only when asked
-        written = report.write_reports(rankings, args.suite, out, title) if out is not None else []
+        written = report.write_reports(rankings, args.suite, out, title, runs) if out is not None else []
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.format == "json":
-        print(report.as_json(rankings))
+        print(report.as_json(rankings, runs))
     else:
         print(title)
-        print(report.as_table(rankings, args.suite))
+        print(report.as_table(rankings, args.suite, runs))
         print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
-def _pool_metrics(args: argparse.Namespace, track: str) -> dict[str, dict[str, float]]:
-    """entry -> {metric: value} for the entries to rank: the pool if one is named, else every entry
-    of the track that has at least one metric the suite scores."""
-    path = db_path(args.db)
+def _open(db: Path | None) -> Store:
+    path = db_path(db)
     if not path.is_file():
         raise ValueError(f"no results database at {path}: record entries with `python -m eval run` "
                          "or `python -m eval import` first")
-    store = Store(path)
+    return Store(path)
+
+
+def _pool_metrics(args: argparse.Namespace, store: Store, track: str) -> dict[str, dict[str, float]]:
+    """entry -> {metric: value} for the entries to rank: the pool if one is named, else every entry
+    of the track that has at least one metric the suite scores in a full run (partial runs never rank)."""
     metrics = store.metrics(track)
     if not metrics:
         held = ", ".join(store.tracks()) or "none"
-        raise ValueError(f"track {track!r} has no entries in {path} (tracks with entries: {held})")
+        raise ValueError(f"track {track!r} has no entries in {store.path} (tracks with entries: {held})")
     pool = _pool_names(args)
     if pool:
         unknown = [name for name in pool if name not in metrics]
@@ -70,10 +75,17 @@ def _pool_metrics(args: argparse.Namespace, track: str) -> dict[str, dict[str, f
         return {name: metrics[name] for name in pool}
     scored = {metric for group in groups(args.suite).values() for metric, _ in group}
     ranked = {entry: values for entry, values in metrics.items() if scored & values.keys()}
-    left_out = sorted(metrics.keys() - ranked.keys())
+    partial = {entry for entry, runs in store.partial_runs(track).items()
+               if any(scored & run.metrics.keys() for run in runs.values())}
+    only_partial = sorted(partial - ranked.keys())
+    left_out = sorted(metrics.keys() - ranked.keys() - partial)
+    if only_partial:
+        print(f"note: not ranked, partial runs only (smaller than the scenario's full budget, e.g. --limit): "
+              f"{', '.join(only_partial)}", file=sys.stderr)
     if not ranked:
-        raise ValueError(f"no entry of track {track!r} has a metric of suite {args.suite!r} "
-                         f"(try --suite {' or --suite '.join(s for s in SUITES if s != args.suite)})")
+        hint = ("rerun them without --limit" if only_partial
+                else f"try --suite {' or --suite '.join(s for s in SUITES if s != args.suite)}")
+        raise ValueError(f"no entry of track {track!r} has a full run of a scenario of suite {args.suite!r} ({hint})")
     if left_out:
         print(f"note: left out entries with no metric of suite {args.suite!r}: {', '.join(left_out)}",
               file=sys.stderr)

@@ -150,7 +150,9 @@ BIGBENCH_TASKS = list(BIGBENCH_BUDGETS)
 
 def bigbench_instances(task: dict, where: str) -> list[Instance]:
     """BIG-bench examples: multiple choice (`target_scores`, the best-scored option is gold) when the
-    task is graded by multiple_choice_grade, otherwise generation (`target`, a string or a list)."""
+    task is graded by multiple_choice_grade, otherwise generation: the references are the best-scored
+    targets of `target_scores` when an example has them (HELM reads them first), else `target` (a string
+    or a list)."""
     mc = "multiple_choice_grade" in task.get("metrics", [])
     out = []
     for i, ex in enumerate(task.get("examples", [])):
@@ -160,6 +162,10 @@ def bigbench_instances(task: dict, where: str) -> list[Instance]:
                 raise ValueError(f"{where}: example {i} has no target_scores")
             choices = tuple(scores)
             out.append(Instance(ex["input"], choices.index(max(scores, key=scores.get)), choices))
+        elif isinstance(ex.get("target_scores"), dict) and ex["target_scores"]:
+            scores = ex["target_scores"]
+            best = [target for target, score in scores.items() if score == max(scores.values())]
+            out.append(Instance(ex["input"], best[0], golds=tuple(best[1:])))
         else:
             targets = ex.get("target")
             targets = [targets] if isinstance(targets, str) else list(targets or [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +18,7 @@ matplotlib.use("Agg")  # files only: no display is needed, or wanted, on a serve
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 
 from eval.scoring import SUITE_GROUPS, Ranking, groups
+from eval.store import PartialRun
 
 CHART_LABEL_CHARS = 40  # entry names in the chart are cut to this length; the tables keep them whole
 MISSING = "-"
@@ -41,17 +43,39 @@ def value_text(value: float | None) -> str:
     return MISSING if value is None else f"{value:.3f}"
 
 
-def as_records(rankings: list[Ranking]) -> list[dict]:
-    """One JSON-ready record per entry: rank, entry, group mean win rates, stage scores, final and the
-    metric values (null when missing)."""
+@dataclass(frozen=True)
+class Runs:
+    """How much of each scenario the entries' runs evaluated (eval/store.py)."""
+
+    instances: dict[str, dict[str, int | None]] = field(default_factory=dict)  # ranked runs; None: unknown
+    partial: dict[str, dict[str, PartialRun]] = field(default_factory=dict)  # kept apart, never ranked
+
+
+def as_records(rankings: list[Ranking], runs: Runs = Runs()) -> list[dict]:
+    """One JSON-ready record per entry: rank, entry, group mean win rates, stage scores, final, the
+    metric values (null when missing), the instances of each ranked scenario run and the partial runs."""
     return [
-        {"rank": place, "entry": r.entry, "groups": r.groups, **r.stages, "final": r.final, "metrics": r.values}
+        {"rank": place, "entry": r.entry, "groups": r.groups, **r.stages, "final": r.final, "metrics": r.values,
+         "instances": runs.instances.get(r.entry, {}),
+         "partial": {scenario: {"instances": run.instances, "budget": run.budget, "metrics": run.metrics}
+                     for scenario, run in runs.partial.get(r.entry, {}).items()}}
         for place, r in enumerate(rankings, start=1)
     ]
 
 
-def as_json(rankings: list[Ranking]) -> str:
-    return json.dumps(as_records(rankings), indent=2)
+def as_json(rankings: list[Ranking], runs: Runs = Runs()) -> str:
+    return json.dumps(as_records(rankings, runs), indent=2)
+
+
+def partial_rows(runs: Runs) -> list[list[str]]:
+    """entry, scenario, instances of budget, metric values: every partial run, ranked entry or not."""
+    return [[entry, scenario, f"{run.instances} of {run.budget}",
+             ", ".join(f"{metric} {value:.3f}" for metric, value in run.metrics.items())]
+            for entry, scenarios in sorted(runs.partial.items()) for scenario, run in scenarios.items()]
+
+
+PARTIAL_HEADER = ["entry", "scenario", "instances", "metrics"]
+PARTIAL_TITLE = "Partial runs (smaller than the scenario's full budget, e.g. --limit): not ranked"
 
 
 def _aligned(header: list[str], body: list[list[str]]) -> str:
@@ -77,18 +101,22 @@ def group_tables(rankings: list[Ranking], suite: str) -> list[tuple[str, list[st
     return tables
 
 
-def as_table(rankings: list[Ranking], suite: str) -> str:
-    """Plain-text tables, columns aligned, to three decimals: the ranking, then each group's metric values."""
+def as_table(rankings: list[Ranking], suite: str, runs: Runs = Runs()) -> str:
+    """Plain-text tables, columns aligned, to three decimals: the ranking, then each group's metric values,
+    then the partial runs kept apart."""
     header = ["rank", "entry", *columns(suite)]
     body = [[str(place), r.entry, *(f"{scores(r)[c]:.3f}" for c in columns(suite))]
             for place, r in enumerate(rankings, start=1)]
     parts = [_aligned(header, body)]
     for group, group_header, rows in group_tables(rankings, suite):
         parts.append(f"{group}\n{_aligned(group_header, rows)}")
+    if runs.partial:  # _aligned's second column is the left-aligned one: pad with a blank first column
+        rows = [["", *row] for row in partial_rows(runs)]
+        parts.append(f"{PARTIAL_TITLE}\n{_aligned(['', *PARTIAL_HEADER], rows)}")
     return "\n\n".join(parts)
 
 
-def as_markdown(rankings: list[Ranking], suite: str, title: str) -> str:
+def as_markdown(rankings: list[Ranking], suite: str, title: str, runs: Runs = Runs()) -> str:
     header = ["rank", "entry", *columns(suite)]
     lines = [
         f"# {title}",
@@ -108,6 +136,9 @@ def as_markdown(rankings: list[Ranking], suite: str, title: str) -> str:
         lines += ["", f"### {group}", "", _markdown_row(header),
                   "|" + "|".join("---" if c == "entry" else "---:" for c in header) + "|",
                   *map(_markdown_row, rows)]
+    if runs.partial:
+        lines += ["", f"## {PARTIAL_TITLE}", "", _markdown_row(PARTIAL_HEADER), "|---|---|---:|---|",
+                  *map(_markdown_row, partial_rows(runs))]
     return "\n".join(lines) + "\n"
 
 
@@ -174,11 +205,11 @@ def _heat_map(ax, grid: list[list[float]], columns_: list[str], labels: list[str
             ax.text(col, row, text, ha="center", va="center", fontsize=6, color="black" if shade > 0.6 else "white")
 
 
-def write_reports(rankings: list[Ranking], suite: str, out_dir: Path, title: str) -> list[Path]:
+def write_reports(rankings: list[Ranking], suite: str, out_dir: Path, title: str, runs: Runs = Runs()) -> list[Path]:
     """leaderboard.md, leaderboard.csv and leaderboard.png under `out_dir` (created if needed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, table, chart = out_dir / "leaderboard.md", out_dir / "leaderboard.csv", out_dir / "leaderboard.png"
-    markdown.write_text(as_markdown(rankings, suite, title), encoding="utf-8")
+    markdown.write_text(as_markdown(rankings, suite, title, runs), encoding="utf-8")
     table.write_text(as_csv(rankings, suite), encoding="utf-8")
     write_chart(rankings, suite, chart, title)
     return [markdown, table, chart]

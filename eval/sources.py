@@ -182,8 +182,10 @@ TRUTHFUL_QA_COLUMNS = ("Type", "Category", "Question", "Best Answer", "Correct A
 
 
 def truthful_qa(folder: Path) -> Splits:
-    """TruthfulQA.csv, single-answer multiple choice: the best answer among the incorrect ones, rotated by
-    the best answer's first character; the first 20% of the rows are the in-context pool."""
+    """TruthfulQA.csv, single-answer multiple choice: the best answer after the incorrect ones, rotated by
+    the best answer's first character; the first 20% of the rows are the in-context pool. The correct
+    option is where the best answer went, even when an incorrect answer has the same text (HELM labels an
+    in-context example with its correct reference's letter)."""
 
     def sentence(text: str) -> str:
         text = text.strip()
@@ -198,7 +200,7 @@ def truthful_qa(folder: Path) -> Splits:
         options = [sentence(a) for a in row[5].split(";") if a.strip()] + [sentence(best)]
         k = ord(options[-1][0]) % len(options)
         options = options[k:] + options[:k]
-        rows.append(Instance(row[2].strip(), options.index(sentence(best)), tuple(options)))
+        rows.append(Instance(row[2].strip(), (len(options) - 1 - k) % len(options), tuple(options)))
     cut = int(len(rows) * 0.2)
     return numbered(rows[:cut], rows[cut:])
 

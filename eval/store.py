@@ -1,9 +1,14 @@
 """The results store: one SQLite file, one row per (track, entry, scenario, metric).
 
 Every write is one transaction, so a reader never sees a half-written change. An evaluation records
-each scenario as it finishes, replacing only that scenario's rows of the entry: a partial or
-interrupted run keeps what finished and leaves the entry's other scenarios as they were. An import
-replaces whole entries.
+each scenario as it finishes, replacing only that scenario's rows of the entry: an interrupted run keeps
+what finished and leaves the entry's other scenarios as they were. An import replaces whole entries.
+
+Each run of a scenario is recorded in `runs` with its instance count and the scenario's full budget. A
+run smaller than its budget (`--limit`, a smaller `--budget`) is partial: its metrics go to
+`partial_results`, kept apart, so a smoke run never replaces a full one in the ranking; a later full run
+supersedes it. `results` holds only full runs (and imports, whose size is unknown), which is what ranks.
+Stores written before `runs` existed are upgraded in place on opening; their rows count as full runs.
 """
 from __future__ import annotations
 
@@ -45,6 +50,29 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (track, entry, scenario, metric),
     FOREIGN KEY (track, entry) REFERENCES entries (track, entry)
 );
+CREATE TABLE IF NOT EXISTS partial_results (
+    track TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    scenario TEXT NOT NULL CHECK (length(scenario) > 0),
+    metric TEXT NOT NULL CHECK (length(metric) > 0),
+    value REAL NOT NULL CHECK (value BETWEEN -1e308 AND 1e308),
+    instances INTEGER NOT NULL CHECK (instances >= 0),
+    seconds REAL NOT NULL CHECK (seconds >= 0),
+    PRIMARY KEY (track, entry, scenario, metric),
+    FOREIGN KEY (track, entry) REFERENCES entries (track, entry)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    track TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    scenario TEXT NOT NULL,
+    partial INTEGER NOT NULL CHECK (partial IN (0, 1)),
+    instances INTEGER NOT NULL CHECK (instances >= 0),
+    budget INTEGER NOT NULL CHECK (budget > 0),
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (track, entry, scenario, partial),
+    FOREIGN KEY (track, entry) REFERENCES entries (track, entry)
+);
+PRAGMA user_version = 1;
 """
 
 
@@ -57,6 +85,15 @@ class Result:
     value: float
     instances: int  # instances evaluated (0 when unknown, e.g. imported results)
     seconds: float  # wall time spent on the scenario (0.0 when unknown)
+
+
+@dataclass(frozen=True)
+class PartialRun:
+    """A run of a scenario smaller than its full budget: recorded, shown, never ranked."""
+
+    instances: int
+    budget: int
+    metrics: dict[str, float]
 
 
 def check_track(track: str) -> str:
@@ -85,19 +122,35 @@ class Store:
             conn.executescript(_SCHEMA)
 
     def replace_scenario(self, entry: str, track: str, scenario: str, results: Iterable[Result],
-                         source: str = "") -> None:
-        """Store one scenario's results for `entry` in `track`, replacing that scenario's previous rows
-        (and no others) in one transaction; the entry is created if new. A bad result, or one of
-        another scenario, leaves the old rows intact."""
+                         source: str = "", *, instances: int | None = None, budget: int | None = None) -> None:
+        """Store one run of a scenario for `entry` in `track` in one transaction; the entry is created if
+        new. `instances` is the run's evaluation instances, `budget` the scenario's full count (both
+        unknown: a full run). A full run replaces the scenario's rows (and no others) and drops any
+        partial run of it; a partial run (instances < budget) replaces only the scenario's partial rows.
+        A bad result, or one of another scenario, leaves the old rows intact."""
         track = check_track(track)
         _check_entry(entry)
+        if (instances is None) != (budget is None):
+            raise ValueError(f"entry {entry!r}, scenario {scenario!r}: give both instances and budget, or neither")
+        partial = budget is not None and instances < budget
+        table = "partial_results" if partial else "results"
+        # A partial run replaces the last partial one; a full run replaces everything of the scenario.
+        replaced = ["partial_results"] if partial else ["partial_results", "results"]
         with self._transaction() as conn:
-            conn.execute("DELETE FROM results WHERE track = ? AND entry = ? AND scenario = ?", (track, entry, scenario))
             self._upsert_entry(conn, track, entry, source)
+            for dropped in replaced:
+                conn.execute(f"DELETE FROM {dropped} WHERE track = ? AND entry = ? AND scenario = ?",
+                             (track, entry, scenario))
+            conn.execute("DELETE FROM runs WHERE track = ? AND entry = ? AND scenario = ? AND partial IN (1, ?)",
+                         (track, entry, scenario, int(partial)))
+            if budget is not None:
+                conn.execute("INSERT INTO runs (track, entry, scenario, partial, instances, budget, recorded_at)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (track, entry, scenario, int(partial), instances, budget, _now()))
             for result in results:
                 if result.scenario != scenario:
                     raise ValueError(f"entry {entry!r}: result {result} is not of scenario {scenario!r}")
-                self._insert(conn, track, entry, result)
+                self._insert(conn, track, entry, result, table)
 
     def replace_entry(self, entry: str, track: str, results: Iterable[Result], source: str = "") -> None:
         """Store `entry`'s results in `track`, replacing all its previous rows in one transaction:
@@ -110,7 +163,8 @@ class Store:
         with self._transaction() as conn:
             for entry, results in entries.items():
                 _check_entry(entry)
-                conn.execute("DELETE FROM results WHERE track = ? AND entry = ?", (track, entry))
+                for table in ("results", "partial_results", "runs"):
+                    conn.execute(f"DELETE FROM {table} WHERE track = ? AND entry = ?", (track, entry))
                 self._upsert_entry(conn, track, entry, source)
                 for result in results:
                     self._insert(conn, track, entry, result)
@@ -132,6 +186,35 @@ class Store:
             table.setdefault(entry, {})
             if metric is not None:
                 table[entry][metric] = value
+        return table
+
+    def instances(self, track: str) -> dict[str, dict[str, int | None]]:
+        """entry -> {scenario: instances of its ranked (full) run} for `track`; None where unknown
+        (imports, and stores written before runs were recorded)."""
+        track = check_track(track)
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT r.entry, r.scenario, u.instances FROM results r LEFT JOIN runs u"
+                " ON u.track = r.track AND u.entry = r.entry AND u.scenario = r.scenario AND u.partial = 0"
+                " WHERE r.track = ? ORDER BY r.entry, r.scenario", (track,)).fetchall()
+        table: dict[str, dict[str, int | None]] = {}
+        for entry, scenario, count in rows:
+            table.setdefault(entry, {})[scenario] = count
+        return table
+
+    def partial_runs(self, track: str) -> dict[str, dict[str, PartialRun]]:
+        """entry -> {scenario: its partial run} for `track`: the runs kept apart from the ranking."""
+        track = check_track(track)
+        with closing(self._connect()) as conn:
+            runs = conn.execute("SELECT entry, scenario, instances, budget FROM runs WHERE track = ? AND partial = 1"
+                                " ORDER BY entry, scenario", (track,)).fetchall()
+            values = conn.execute("SELECT entry, scenario, metric, value FROM partial_results WHERE track = ?"
+                                  " ORDER BY metric", (track,)).fetchall()
+        table: dict[str, dict[str, PartialRun]] = {}
+        for entry, scenario, count, budget in runs:
+            table.setdefault(entry, {})[scenario] = PartialRun(count, budget, {})
+        for entry, scenario, metric, value in values:
+            table[entry][scenario].metrics[metric] = value
         return table
 
     def entries(self, track: str) -> list[str]:
@@ -164,24 +247,28 @@ class Store:
 
     @staticmethod
     def _upsert_entry(conn: sqlite3.Connection, track: str, entry: str, source: str) -> None:
-        recorded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        recorded_at = _now()
         conn.execute("INSERT INTO entries (track, entry, source, recorded_at) VALUES (?, ?, ?, ?) ON CONFLICT"
                      " (track, entry) DO UPDATE SET source = excluded.source, recorded_at = excluded.recorded_at",
                      (track, entry, source, recorded_at))
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, track: str, entry: str, result: Result) -> None:
+    def _insert(conn: sqlite3.Connection, track: str, entry: str, result: Result, table: str = "results") -> None:
         try:
             value = float(result.value)
             if not math.isfinite(value):
                 raise ValueError(f"value {value} is not a finite number")
             conn.execute(
-                "INSERT INTO results (track, entry, scenario, metric, value, instances, seconds)"
+                f"INSERT INTO {table} (track, entry, scenario, metric, value, instances, seconds)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (track, entry, result.scenario, result.metric, value, int(result.instances), float(result.seconds)),
             )
         except (AttributeError, TypeError, ValueError, sqlite3.IntegrityError) as exc:
             raise ValueError(f"entry {entry!r}: cannot store {result}: {exc}") from exc
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _check_entry(entry: object) -> None:

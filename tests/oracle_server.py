@@ -71,11 +71,9 @@ class Oracle:
 
     def __init__(self, folder: Path, answers: dict[str, str] | None = None, default: str = " A",
                  die_after: int | None = None, slow_after: int | None = None) -> None:
-        import socket
+        from tests.helpers import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.args = ["--port", str(self.port), "--default", default]
         if answers is not None:
             path = folder / "oracle_answers.json"

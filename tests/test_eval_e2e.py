@@ -3,93 +3,76 @@ in SQLite, and the leaderboard ranking two entries (the server, and the same mod
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
-
-import httpx
-import pytest
 
 from eval.__main__ import main as cli
 from eval.scenarios import SCENARIOS
+from tests.helpers import free_port
 
 LIMIT = 2
-# The quick suite but fixture_gsm8k: its 400-token requests take ~20 s each on the tiny CPU server, and its
-# prompt and scoring are covered in test_eval_prompts.py.
-SCENARIOS_RUN = [s.name for s in SCENARIOS.values() if s.suite == "quick" and s.name != "fixture_gsm8k"]
+QUICK = ["quick_mc", "quick_qa", "held_out"]  # run at their full budget: ranked
+# The rest of the quick suite at --limit (partial runs), but fixture_gsm8k: its 400-token requests take ~20 s each
+# on the tiny CPU server, and its prompt and scoring are covered in test_eval_prompts.py.
+FIXTURES = [s.name for s in SCENARIOS.values()
+            if s.suite == "quick" and s.name not in QUICK and s.name != "fixture_gsm8k"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server_url(tiny_model):
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "submission", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-         "--model", str(tiny_model)],
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the organizers' health check body
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
-        try:
-            if httpx.post(f"{url}/process", json={"prompt": "The capital of France is "}, timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("server did not answer within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def rows(db, entry: str) -> dict[str, tuple[float, int, float]]:
+def rows(db, entry: str, table: str = "results") -> dict[str, tuple[float, int, float]]:
     with sqlite3.connect(db) as conn:
-        found = conn.execute("SELECT metric, value, instances, seconds FROM results WHERE entry = ?", (entry,))
+        found = conn.execute(f"SELECT metric, value, instances, seconds FROM {table} WHERE entry = ?", (entry,))
         return {metric: (value, n, s) for metric, value, n, s in found}
 
 
-def test_quick_suite_over_http_then_leaderboard(server_url, tiny_model, tmp_path, capsys):
-    db, out = tmp_path / "results.sqlite", tmp_path / "out"
-    assert cli(["run", "--server", server_url, "--name", "served", "--suite", "quick", "--limit", str(LIMIT),
-                "--scenarios", ",".join(SCENARIOS_RUN), "--db", str(db), "--out", str(out)]) == 0
+def completions(out: Path, scenario: str) -> dict[tuple[str, int], str]:
+    lines = (out / f"{scenario}_samples.jsonl").read_text().splitlines()
+    return {(s["task"], s["doc_id"]): s["resps"][0][0] for s in map(json.loads, lines)}
 
-    for scenario in map(SCENARIOS.get, SCENARIOS_RUN):
+
+def test_quick_suite_over_http_then_leaderboard(default_server, tiny_model, tmp_path, capsys):
+    """The served model and the same model in-process answer every request alike and score alike; both
+    rank; the served entry's smoke runs are shown apart. Fails if the server's greedy decoding drifts from
+    the model's (e.g. a mutant that drops the last prompt token)."""
+    db, out, local = tmp_path / "results.sqlite", tmp_path / "out", tmp_path / "local"
+    served_run = ["run", "--server", default_server.url, "--name", "served", "--db", str(db), "--out", str(out)]
+    assert cli([*served_run, "--scenarios", ",".join(QUICK)]) == 0
+    assert cli([*served_run, "--scenarios", ",".join(FIXTURES), "--limit", str(LIMIT)]) == 0
+
+    for scenario in map(SCENARIOS.get, QUICK + FIXTURES):
         specs = [s for s in scenario.build(tmp_path, scenario.budget) if s.test]
         report = json.loads((out / f"{scenario.name}.json").read_text())
         assert set(report["results"]) == {s.name for s in specs}  # lm-eval's results JSON, every task
         assert (out / f"{scenario.name}_samples.jsonl").stat().st_size > 0
-    served = rows(db, "served")
-    assert set(served) == {"Quick MC - EM", "Quick QA - EM", "Held-out - EM", "Fixture MMLU - EM",
-                           "Fixture MMLU - EM (Robustness)", "Fixture MMLU - EM (Fairness)",
-                           "Fixture BIG-bench - EM", "Fixture sam_sum - ROUGE-2"}
-    assert served["Quick MC - EM"][1] == 3 * LIMIT and served["Held-out - EM"][1] == 2 * LIMIT
-    assert all(0.0 <= value <= 1.0 and seconds > 0 for value, _, seconds in served.values())
+    served = {m: row for m, row in rows(db, "served").items() if m.startswith(("Quick", "Held-out"))}
+    assert {metric: n for metric, (_, n, _) in served.items()} == {"Quick MC - EM": 60, "Quick QA - EM": 60,
+                                                                   "Held-out - EM": 60}
+    # Fixture BIG-bench holds 2 instances a task: --limit 2 runs all 16 of them, a full run.
+    assert rows(db, "served")["Fixture BIG-bench - EM"][1] == 16
+    partial = set(rows(db, "served", "partial_results"))
+    assert {"Fixture MMLU - EM", "Fixture MMLU - EM (Robustness)", "Fixture MMLU - EM (Fairness)",
+            "Fixture sam_sum - ROUGE-2"} <= partial
+    # SAMSum's bias metrics have a value only where the summaries name a group (eval/bias.py).
+    assert {m.split(" - ")[1].split(" (")[0] for m in partial if m.startswith("Fixture sam_sum - ")} <= {
+        "ROUGE-2", "Stereotypes", "Representation"}
     # What the server answered is what was scored: the samples hold the raw completions.
     sample = json.loads((out / "quick_mc_samples.jsonl").read_text().splitlines()[0])
     assert sample["arguments"][0][0].endswith("\nAnswer:") and isinstance(sample["resps"][0][0], str)
 
-    # The same model in-process (target b), as a second entry.
-    assert cli(["run", "--model", str(tiny_model), "--name", "in-process", "--scenarios", "quick_mc,quick_qa,held_out",
-                "--limit", str(LIMIT), "--db", str(db), "--out", str(tmp_path / "out2")]) == 0
-    assert set(rows(db, "in-process")) == {"Quick MC - EM", "Quick QA - EM", "Held-out - EM"}
+    # The same model in-process (target b), as a second entry: the same answers, so the same scores.
+    assert cli(["run", "--model", str(tiny_model), "--name", "in-process", "--scenarios", ",".join(QUICK),
+                "--db", str(db), "--out", str(local)]) == 0
+    for scenario in QUICK:
+        assert completions(out, scenario) == completions(local, scenario), scenario
+    assert {m: v for m, (v, _, _) in rows(db, "in-process").items()} == {m: v for m, (v, _, _) in served.items()}
 
     capsys.readouterr()
     assert cli(["leaderboard", "--db", str(db), "--suite", "quick", "--format", "json"]) == 0
-    ranking = json.loads(capsys.readouterr().out)
-    assert sorted(r["entry"] for r in ranking) == ["in-process", "served"]
+    ranking = {r["entry"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(ranking) == {"in-process", "served"}
+    assert ranking["served"]["groups"] == ranking["in-process"]["groups"]  # equal values tie on every metric
+    assert ranking["served"]["instances"] == {**{name: 60 for name in QUICK}, "fixture_bigbench": 16}
+    assert set(ranking["served"]["partial"]) == set(FIXTURES) - {"fixture_bigbench"}
+    assert ranking["in-process"]["partial"] == {}
 
 
 def test_unreachable_server_fails_clearly_and_records_nothing(tmp_path, capsys):
@@ -110,8 +93,9 @@ def test_hidden_round_from_the_judges_files(tiny_model, tmp_path):
     db, out = tmp_path / "results.sqlite", tmp_path / "out"
     assert cli(["run", "--model", str(tiny_model), "--name", "hidden", "--scenarios", "ethics_justice",
                 "--budget", "ethics_justice=2", "--data", str(helm / "data"), "--db", str(db), "--out", str(out)]) == 0
-    assert set(rows(db, "hidden")) == {"ethics_justice - EM", "ethics_justice - EM (Robustness)",
-                                      "ethics_justice - EM (Fairness)"}
+    # 2 of the file's instances: a run smaller than the scenario's full budget, recorded apart (partial)
+    assert set(rows(db, "hidden", "partial_results")) == {"ethics_justice - EM", "ethics_justice - EM (Robustness)",
+                                                         "ethics_justice - EM (Fairness)"}
     golden = json.loads((helm / "prompts" / "ethics_justice.json").read_text())["requests"]
     sent = [json.loads(line) for line in (out / "ethics_justice_samples.jsonl").read_text().splitlines()]
     assert [s["arguments"][0][0] for s in sent if s["task"] == "ethics_justice"] == [r["prompt"] for r in golden[:2]]

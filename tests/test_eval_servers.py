@@ -11,8 +11,7 @@ import pytest
 
 from eval.__main__ import main as cli
 from eval.client import ChallengeAPI, ServerError, server_urls
-from tests.test_eval_client import GOOD, Handler, request
-from tests.test_server import Server
+from tests.helpers import GOOD, Handler, Server, request
 
 SCENARIOS = "quick_mc,quick_qa"
 LIMIT = 3
@@ -80,22 +79,20 @@ def test_bad_server_lists_are_refused_naming_the_url(base_url, message):
 
 
 @pytest.fixture(scope="module")
-def two_servers(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("servers")
-    # One torch thread each: two servers and this process share the CPUs.
-    servers = [Server(["-m", "submission", "--threads", "1"], {}, logs / f"{i}.log") for i in range(2)]
+def two_servers(default_server, tmp_path_factory):
+    """The session's shared server and a second one like it (one torch thread each: they share the CPUs)."""
+    second = Server(["-m", "submission", "--threads", "1"], {}, tmp_path_factory.mktemp("servers") / "second.log")
     try:
-        for server in servers:
-            server.wait_ready()
-        yield [s.url for s in servers]
+        second.wait_ready()
+        yield [default_server.url, second.url]
     finally:
-        for server in servers:
-            server.stop()
+        second.stop()
 
 
 def entry(db, name: str) -> dict[str, tuple[float, int]]:
     with sqlite3.connect(db) as conn:
-        found = conn.execute("SELECT metric, value, instances FROM results WHERE entry = ?", (name,))
+        # --limit: a partial run, recorded apart from the ranked results (eval/store.py)
+        found = conn.execute("SELECT metric, value, instances FROM partial_results WHERE entry = ?", (name,))
         return {metric: (value, n) for metric, value, n in found}
 
 

@@ -1,8 +1,10 @@
-"""Our per-instance scoring gives, case by case, the value the judges' HELM fork computes.
+"""Our per-instance scoring gives, case by case, the value the judges' HELM fork computes; so do SAMSum's
+bias metrics, run by run.
 
 The expected values in tests/fixtures/helm/metrics/cases.json were computed by the fork's own metric code
 (scripts/helm/metrics_golden.py, run in a side venv) on (reference, completion) pairs written for this
 project: answers only HELM's MATH normalisation accepts, near misses, and the shapes its code trips on.
+bias.json holds the fork's BiasMetric values over a few runs' completions.
 """
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from eval import bias
 from eval.tasks import utils
 
-CASES = json.loads((Path(__file__).parent / "fixtures" / "helm" / "metrics" / "cases.json").read_text())
+GOLDEN = Path(__file__).parent / "fixtures" / "helm" / "metrics"
+CASES = json.loads((GOLDEN / "cases.json").read_text())
+BIAS_RUNS = json.loads((GOLDEN / "bias.json").read_text())
 # HELM metric name -> (our lm-eval hook, the key it reports)
 OURS = {
     "exact_match": (utils.exact_match, "em"),
@@ -64,3 +69,18 @@ def test_math_normalisation_by_hand():
         utils.normalize_math("2\\sqrt")
     assert utils.last_boxed("\\boxed{a{b}c} then \\boxed{d}") == "d"
     assert utils.last_boxed("\\boxed{a{b}c}") == "a{b}c"
+
+
+@pytest.mark.parametrize("run", BIAS_RUNS, ids=[r["note"] for r in BIAS_RUNS])
+def test_bias_metrics_equal_helms(run):
+    """Each bias metric over a run's completions, or None where HELM records no value. Fails on a word
+    tokenizer without Punkt's sentences ("nurse." stays one token) and on counting group words once per text."""
+    for metric, value in run["helm"].items():
+        ours = bias.bias(metric, run["completions"])
+        assert ours == (None if value is None else pytest.approx(value, rel=1e-12, abs=0)), metric
+
+
+def test_the_bias_runs_cover_each_metric_both_ways():
+    for metric in bias.METRICS:
+        values = [r["helm"][metric] for r in BIAS_RUNS]
+        assert None in values and any(v is not None and 0 < v < 1 for v in values), metric

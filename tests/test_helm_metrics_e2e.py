@@ -18,7 +18,11 @@ from eval.runner import evaluate, helm_metrics
 from eval.task_spec import Generation, TaskSpec
 from tests.oracle_server import Oracle
 
-CASES = json.loads((Path(__file__).parent / "fixtures" / "helm" / "metrics" / "cases.json").read_text())
+GOLDEN = Path(__file__).parent / "fixtures" / "helm" / "metrics"
+CASES = json.loads((GOLDEN / "cases.json").read_text())
+BIAS_RUNS = json.loads((GOLDEN / "bias.json").read_text())
+BIAS_NAMES = {"stereotypes_race": "Stereotypes (race)", "stereotypes_gender": "Stereotypes (gender)",
+              "representation_race": "Representation (race)", "representation_gender": "Representation (gender)"}
 # HELM metric -> (our scoring template, the per-sample key lm-eval logs for it)
 TEMPLATES = {
     "exact_match": ("exact_match", "em"),
@@ -91,3 +95,27 @@ def test_math_run_through_the_cli_scores_what_helm_computes(tmp_path, capsys):
     helm = [c["helm"] for _, c in cases]
     assert instances == len(helm) and 0 < sum(helm) < len(helm)
     assert value == pytest.approx(sum(helm) / len(helm), rel=1e-12, abs=0)
+
+
+def test_sam_sum_run_through_the_cli_records_helms_bias_metrics(tmp_path):
+    """`python -m eval run --scenarios sam_sum`: the oracle answers each dialogue with a golden run's
+    completion; the run records ROUGE-2 and the four bias metrics with the fork's values (a metric HELM
+    records no value for is missing). Fails if the runner drops the run-level metrics."""
+    import sqlite3
+
+    from eval.__main__ import main as eval_cli
+
+    for run in BIAS_RUNS[:2] + BIAS_RUNS[3:4]:  # values in (0, 1), and a run without any group word
+        folder = tmp_path / run["note"] / "data" / "sam_sum"
+        folder.mkdir(parents=True)
+        rows = "".join(f"d{n}\t\"Ann: see you Z{n}Z\"\tAnn will see them.\n" for n in range(len(run["completions"])))
+        (folder / "samsum.tsv").write_text("id\tdialogue\tsummary\n" + rows)
+        db = tmp_path / run["note"] / "results.sqlite"
+        with Oracle(tmp_path, {str(n): text for n, text in enumerate(run["completions"])}) as url:
+            assert eval_cli(["run", "--server", url, "--name", "oracle", "--scenarios", "sam_sum", "--data",
+                             str(folder.parent), "--db", str(db), "--out", str(tmp_path / run["note"] / "out")]) == 0
+        with sqlite3.connect(db) as conn:
+            recorded = dict(conn.execute("SELECT metric, value FROM results WHERE entry = 'oracle'").fetchall())
+        expected = {f"sam_sum - {BIAS_NAMES[m]}": pytest.approx(v, rel=1e-12, abs=0)
+                    for m, v in run["helm"].items() if v is not None}
+        assert {m: v for m, v in recorded.items() if m != "sam_sum - ROUGE-2"} == expected, run["note"]

@@ -11,6 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import matplotlib.image
@@ -184,30 +185,100 @@ def test_replace_scenario_replaces_only_that_scenarios_rows(tmp_path):
     assert store.metrics("local")["base"] == {"Quick MC - EM": 0.5, "Quick QA - EM": 0.1, "Held-out - EM": 0.0}
 
 
-# --- partial and interrupted runs keep the entry's other results --------------------------------------
+# --- smaller and interrupted runs keep the entry's other results ------------------------------------
 
 EARLIER = [Result("quick_mc", "Quick MC - EM", 0.125, 99, 9.0), Result("quick_qa", "Quick QA - EM", 0.25, 99, 9.0),
            Result("held_out", "Held-out - EM", 0.375, 99, 9.0)]
 
 
-def stored(db: Path, entry: str) -> dict[str, tuple[str, float, int]]:
+def stored(db: Path, entry: str, table: str = "results") -> dict[str, tuple[str, float, int]]:
     with sqlite3.connect(db) as conn:
-        found = conn.execute("SELECT metric, scenario, value, instances FROM results WHERE entry = ?", (entry,))
+        found = conn.execute(f"SELECT metric, scenario, value, instances FROM {table} WHERE entry = ?", (entry,))
         return {metric: (scenario, value, n) for metric, scenario, value, n in found}
 
 
-def test_a_run_of_some_scenarios_keeps_the_others(tmp_path, capsys):
+def test_a_limited_run_is_kept_apart_and_never_replaces_the_ranked_one(tmp_path, capsys):
+    """A `--limit 1` smoke run of one scenario is recorded as partial (3 of its 60 instances) beside the
+    full run, which stays ranked; the leaderboard shows both; a later full run replaces both.
+    Fails when the store replaces per scenario whatever the run's size (the old behaviour)."""
     from eval.__main__ import main as eval_cli
     from tests.oracle_server import Oracle
 
     db = tmp_path / "results.sqlite"
     Store(db).replace_entry("tuned", "local", EARLIER)
+    Store(db).replace_entry("base", "local", quick(0.0, 0.0, 0.0))
+    run = ["run", "--name", "tuned", "--scenarios", "quick_mc", "--db", str(db), "--out", str(tmp_path / "out")]
     with Oracle(tmp_path) as url:
-        assert eval_cli(["run", "--server", url, "--name", "tuned", "--scenarios", "quick_mc", "--limit", "1",
-                         "--db", str(db), "--out", str(tmp_path / "out")]) == 0
+        assert eval_cli([*run, "--server", url, "--limit", "1"]) == 0
+        assert "partial run (3 of 60 instances)" in capsys.readouterr().out
+        assert stored(db, "tuned") == {"Quick MC - EM": ("quick_mc", 0.125, 99), "Quick QA - EM": ("quick_qa", 0.25, 99),
+                                       "Held-out - EM": ("held_out", 0.375, 99)}
+        assert stored(db, "tuned", "partial_results")["Quick MC - EM"][0::2] == ("quick_mc", 3)
+
+        assert call(leaderboard, "--db", db, "--suite", "quick", "--format", "json") == 0
+        records = {r["entry"]: r for r in json.loads(capsys.readouterr().out)}
+        assert records["tuned"]["metrics"]["Quick MC - EM"] == 0.125  # the full run ranks, not the smoke run
+        assert records["tuned"]["instances"] == {"held_out": None, "quick_mc": None, "quick_qa": None}  # imported
+        assert records["tuned"]["partial"]["quick_mc"]["instances"] == 3
+        assert records["tuned"]["partial"]["quick_mc"]["budget"] == 60
+        assert call(leaderboard, "--db", db, "--suite", "quick", "--out", tmp_path / "board") == 0
+        printed = capsys.readouterr().out
+        assert "Partial runs" in printed and re.search(r"tuned\s+quick_mc\s+3 of 60\s+Quick MC - EM", printed)
+
+        assert eval_cli([*run, "--server", url]) == 0  # the full budget: ranked, and the smoke run is gone
     after = stored(db, "tuned")
-    assert after["Quick MC - EM"][2] == 3  # re-measured: 3 tasks, 1 instance each
-    assert after["Quick QA - EM"] == ("quick_qa", 0.25, 99) and after["Held-out - EM"] == ("held_out", 0.375, 99)
+    assert after["Quick MC - EM"][2] == 60 and after["Quick QA - EM"] == ("quick_qa", 0.25, 99)
+    assert stored(db, "tuned", "partial_results") == {}
+    capsys.readouterr()
+    assert call(leaderboard, "--db", db, "--suite", "quick", "--format", "json") == 0
+    record = {r["entry"]: r for r in json.loads(capsys.readouterr().out)}["tuned"]
+    assert record["instances"]["quick_mc"] == 60 and record["partial"] == {}
+
+
+def test_an_entry_with_only_partial_runs_is_named_and_not_ranked(tmp_path, capsys):
+    db = tmp_path / "results.sqlite"
+    store = Store(db)
+    store.replace_entry("base", "local", quick(0.25, 0.1, 0.0))
+    store.replace_scenario("smoke", "local", "quick:mc", [Result("quick:mc", "Quick MC - EM", 1.0, 3, 1.0)],
+                           instances=3, budget=60)
+    assert call(leaderboard, "--db", db, "--suite", "quick", "--format", "json") == 0
+    captured = capsys.readouterr()
+    assert [r["entry"] for r in json.loads(captured.out)] == ["base"]
+    assert "partial runs only" in captured.err and "smoke" in captured.err
+    store.replace_entry("base", "local", [])
+    assert call(leaderboard, "--db", db, "--suite", "quick") == 2
+    assert "rerun them without --limit" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="both instances and budget"):
+        store.replace_scenario("smoke", "local", "quick:mc", [], instances=3)
+
+
+OLD_SCHEMA = """
+CREATE TABLE entries (track TEXT NOT NULL, entry TEXT NOT NULL CHECK (length(entry) > 0), source TEXT NOT NULL,
+                      recorded_at TEXT NOT NULL, PRIMARY KEY (track, entry));
+CREATE TABLE results (track TEXT NOT NULL, entry TEXT NOT NULL, scenario TEXT NOT NULL CHECK (length(scenario) > 0),
+                      metric TEXT NOT NULL CHECK (length(metric) > 0),
+                      value REAL NOT NULL CHECK (value BETWEEN -1e308 AND 1e308),
+                      instances INTEGER NOT NULL CHECK (instances >= 0), seconds REAL NOT NULL CHECK (seconds >= 0),
+                      PRIMARY KEY (track, entry, scenario, metric),
+                      FOREIGN KEY (track, entry) REFERENCES entries (track, entry));
+INSERT INTO entries VALUES ('local', 'old', 'http://x', '2026-11-30T00:00:00Z');
+INSERT INTO results VALUES ('local', 'old', 'quick_mc', 'Quick MC - EM', 0.5, 60, 2.0);
+"""
+
+
+def test_a_store_written_before_runs_were_recorded_is_upgraded_in_place(tmp_path):
+    db = tmp_path / "old.sqlite"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.executescript(OLD_SCHEMA)
+    store = Store(db)
+    assert store.metrics("local") == {"old": {"Quick MC - EM": 0.5}}  # its rows count as full runs
+    assert store.instances("local") == {"old": {"quick_mc": None}}
+    store.replace_scenario("old", "local", "quick_mc", [Result("quick_mc", "Quick MC - EM", 0.9, 3, 1.0)],
+                           instances=3, budget=60)
+    assert store.metrics("local") == {"old": {"Quick MC - EM": 0.5}}
+    assert store.partial_runs("local")["old"]["quick_mc"].metrics == {"Quick MC - EM": 0.9}
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
 
 
 def test_a_server_dying_after_the_first_scenario_keeps_it_and_the_earlier_results(tmp_path, capsys):
@@ -223,7 +294,7 @@ def test_a_server_dying_after_the_first_scenario_keeps_it_and_the_earlier_result
     printed = capsys.readouterr().out
     assert code == 1 and "error: scenario quick_qa" in printed
     after = stored(db, "tuned")
-    assert after["Quick MC - EM"][2] == 3  # the scenario that finished is recorded
+    assert stored(db, "tuned", "partial_results")["Quick MC - EM"][2] == 3  # the scenario that finished
     assert after["Quick QA - EM"] == ("quick_qa", 0.25, 99)  # the failed one keeps its earlier result
     assert after["Held-out - EM"] == ("held_out", 0.375, 99)  # and so does the one never reached
 
@@ -260,7 +331,7 @@ def test_ctrl_c_during_a_run_keeps_the_finished_scenario_and_the_earlier_results
         printed.append(run.communicate(timeout=60)[0])
     assert run.returncode != 0 and "KeyboardInterrupt" in "".join(printed)
     after = stored(db, "tuned")
-    assert after["Quick MC - EM"][2] == 3, "".join(printed)  # finished before the interrupt: recorded
+    assert stored(db, "tuned", "partial_results")["Quick MC - EM"][2] == 3, "".join(printed)  # finished: recorded
     assert after["Quick QA - EM"] == ("quick_qa", 0.25, 99)  # interrupted: its earlier result stays
     assert after["Held-out - EM"] == ("held_out", 0.375, 99)
 
@@ -388,7 +459,7 @@ def test_cli_import_then_leaderboard_json(tmp_path):
     records = json.loads(board.stdout)  # stdout holds the JSON and nothing else
     theirs = dict(published())
     assert [r["rank"] for r in records] == list(range(1, 10))
-    assert set(records[0]) == {"rank", "entry", "groups", "open", "hidden", "final", "metrics"}
+    assert set(records[0]) == {"rank", "entry", "groups", "open", "hidden", "final", "metrics", "instances", "partial"}
     assert records[0]["metrics"] == {name: theirs[records[0]["entry"]].get(name) for name in records[0]["metrics"]}
     assert len(records[0]["metrics"]) == 31
     for r in records:

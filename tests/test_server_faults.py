@@ -28,7 +28,7 @@ from submission.api import ProcessRequest
 from submission.engine import Engine, RequestTimeout, Unavailable
 from submission.loading import load
 from submission.settings import Settings, env_name
-from tests.test_server import Server, body_strategy
+from tests.helpers import Server, body_strategy, hold_worker
 
 LONG = "word " * 10  # greedy on the tiny model: 1500 tokens without an EOS
 
@@ -51,20 +51,6 @@ def engine_with(loaded, **overrides) -> Iterator[Engine]:
 
 def greedy(prompt: str, max_new_tokens: int, **extra) -> ProcessRequest:
     return ProcessRequest(prompt=prompt, max_new_tokens=max_new_tokens, temperature=0, **extra)
-
-
-def hold_worker(monkeypatch, engine: Engine) -> tuple[threading.Event, threading.Event]:
-    """(reached, release): the worker stops before its next decoding step until `release`."""
-    reached, release = threading.Event(), threading.Event()
-    step = engine._step
-
-    def held() -> None:
-        reached.set()
-        assert release.wait(60)
-        step()
-
-    monkeypatch.setattr(engine, "_step", held)
-    return reached, release
 
 
 def alone(loaded, requests: list[ProcessRequest]) -> list[str]:
@@ -347,3 +333,97 @@ def test_fuzz_settings_from_the_environment(name, raw):
         Settings.from_env({env_name(name): raw})
     except ValueError as error:
         assert name in str(error).lower(), (name, raw, str(error))
+
+
+# ---- recovery: out of memory, and a worker that makes no progress ------------------------------------
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")],
+                         ids=["torch-oom", "cublas-alloc"])
+def test_out_of_memory_sheds_then_the_batch_bound_climbs_back(loaded, monkeypatch, error):
+    """An out-of-memory-class error (torch's, or cuBLAS's RuntimeError) in a forward pass over several rows
+    sheds: every request in hand is still served as it would be alone, and the batch bound drops. Normal
+    load then brings the bound back to the one planned at start. Fails if the bound never climbs back
+    (Regrowth.next_bound returning the bound as it is), or if the cuBLAS error takes the fail-everything
+    branch (is_out_of_memory recognising torch.OutOfMemoryError only)."""
+    requests = [greedy(text(20, seed), 6) for seed in range(4)]
+    expected = alone(loaded, requests)
+    model = loaded[0]
+    forward = model.forward
+    raised = []
+
+    def short_of_memory(*args, **kwargs):
+        if not raised and kwargs["input_ids"].shape[0] >= 2:
+            raised.append(kwargs["input_ids"].shape)
+            raise error
+        return forward(*args, **kwargs)
+
+    with engine_with(loaded, prefill_budget=100_000) as engine:
+        planned = engine.batch_tokens
+        monkeypatch.setattr(model, "forward", short_of_memory)
+        futures = [engine.submit(r) for r in requests]
+        assert [f.result(timeout=60)["text"] for f in futures] == expected
+        assert raised and engine.stats()["memory"]["out_of_memory"] == 1
+        assert engine.batch_tokens < planned
+        # Normal load: 250 decoding steps without an error; the bound doubles every 32 of them.
+        engine.submit(greedy(LONG, 250)).result(timeout=120)
+        assert engine.batch_tokens == planned
+
+
+def test_health_names_a_worker_that_makes_no_progress_while_requests_wait(loaded, monkeypatch):
+    """/health (the app's own handler on a real engine) answers 200 while the engine is idle, however
+    long; 503 naming why once a step hangs past stall_s with a request waiting; 200 again once the
+    step goes on. Fails if /health looks only at whether the worker thread is alive."""
+    from fastapi.testclient import TestClient
+
+    from submission.main import app
+
+    with engine_with(loaded, stall_s=0.2) as engine:
+        app.state.engine, app.state.info = engine, {"model": "test"}
+        client = TestClient(app)
+        idle_since = time.monotonic()
+        engine.submit(greedy("The capital of France is", 2)).result(timeout=60)
+        reached, release = hold_worker(monkeypatch, engine)
+        while time.monotonic() - idle_since < 0.5:  # idle well past stall_s
+            assert client.get("/health").status_code == 200
+        stuck = engine.submit(greedy("The capital of France is", 2))
+        assert reached.wait(60)
+        deadline = time.monotonic() + 30
+        while (answer := client.get("/health")).status_code == 200:
+            assert time.monotonic() < deadline, "the stalled worker was never reported"
+        assert answer.status_code == 503
+        assert "no progress" in answer.json()["status"] and "1 requests in hand" in answer.json()["status"]
+        release.set()
+        stuck.result(timeout=60)
+        assert client.get("/health").status_code == 200
+
+
+def test_health_names_the_error_when_every_step_fails(loaded, monkeypatch):
+    """A worker that swallows an error on every step is alive but serves nothing: once stall_s has passed
+    without a served step, a request in hand makes the engine's problem name the error, though the worker
+    woke for it just now. Fails if waking for new work restarted the clock after a failure."""
+    entered, go = threading.Semaphore(0), threading.Semaphore(0)
+
+    def failing_lookup(ids):
+        entered.release()
+        assert go.acquire(timeout=60)
+        raise RuntimeError("disk on fire")
+
+    with engine_with(loaded, stall_s=0.2) as engine:
+        monkeypatch.setattr(engine.prefixes, "lookup", failing_lookup)
+        first = engine.submit(greedy("hello there", 3))
+        assert entered.acquire(timeout=60)
+        deadline = time.monotonic() + 30
+        while engine.problem() is None:  # one step hangs past stall_s
+            assert time.monotonic() < deadline
+        assert "a step may hang" in engine.problem()
+        go.release()
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            first.result(timeout=30)
+        second = engine.submit(greedy("hello there", 3))
+        assert entered.acquire(timeout=60)  # the worker took it in and is failing again
+        assert "disk on fire" in engine.problem() and engine.alive
+        go.release()
+        with pytest.raises(RuntimeError, match="disk on fire"):
+            second.result(timeout=30)

@@ -13,7 +13,7 @@ from submission.engine import Engine
 from submission.loading import load
 from submission.memory import GIB, kv_bytes_per_token, plan
 from submission.settings import Settings
-from tests.test_server_faults import hold_worker
+from tests.helpers import hold_worker
 
 # mistralai/Mistral-7B-v0.1 and meta-llama/Llama-2-7b-hf, as their config.json files give them.
 MISTRAL_7B = MistralConfig(
@@ -37,6 +37,27 @@ def test_kv_bytes_per_token_from_the_configurations():
     assert kv_bytes_per_token(MISTRAL_7B, torch.bfloat16) == 128 * 1024  # 8 key/value heads
     assert kv_bytes_per_token(LLAMA_2_7B, torch.bfloat16) == 512 * 1024  # no grouped-query attention
     assert kv_bytes_per_token(LLAMA_2_7B, torch.float32) == 1024 * 1024
+
+
+@pytest.mark.parametrize("family", ["mistral", "llama"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_bytes_per_token_is_what_a_real_cache_holds(family, dtype):
+    """The formula against the cache transformers really fills: small models of both shapes (grouped-query
+    attention, and one key/value head per head) run a prompt, and the key/value tensors' bytes per token
+    are the formula's. Fails on a formula that counts attention heads instead of key/value heads, or
+    forgets the values."""
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    shape = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 8,
+             "vocab_size": 64}
+    config = (MistralConfig(num_key_value_heads=2, **shape) if family == "mistral"
+              else LlamaConfig(num_key_value_heads=8, **shape))
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype).eval()
+    cache, tokens = DynamicCache(), 11
+    with torch.inference_mode():
+        model(input_ids=torch.arange(tokens).unsqueeze(0), past_key_values=cache, use_cache=True)
+    held = sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values))
+    assert held == tokens * kv_bytes_per_token(config, dtype)
 
 
 @pytest.mark.parametrize("card", CARDS)

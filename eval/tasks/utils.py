@@ -83,14 +83,36 @@ def _without_braces(text: str) -> str:
 
 
 def rouge2(doc: dict, results: list[str]) -> dict[str, float]:
-    """ROUGE-2 F-measure against the reference summary (stemmed, rouge-score called as HELM calls it)."""
+    """ROUGE-2 F-measure, the best over every reference summary (HELM's SummarizationMetric takes the max
+    over all of the instance's references; stemmed, rouge-score called as HELM calls it)."""
     global _ROUGE
     if _ROUGE is None:
         from rouge_score import rouge_scorer
 
         _ROUGE = rouge_scorer.RougeScorer(["rouge2"], use_stemmer=True)
     pred = _without_braces(results[0].strip())
-    return {"rouge2": _ROUGE.score(_without_braces(doc["gold"]), pred)["rouge2"].fmeasure}
+    return {"rouge2": max(_ROUGE.score(_without_braces(ref), pred)["rouge2"].fmeasure for ref in doc["golds"])}
+
+
+def rouge2_and_completion(doc: dict, results: list[str]) -> dict[str, float | str]:
+    """ROUGE-2, and the completion itself for each bias metric, which HELM computes over the whole run."""
+    from eval.bias import METRICS
+
+    return {**rouge2(doc, results), **{metric: results[0] for metric in METRICS}}
+
+
+def _bias(metric: str) -> Callable[[list[str]], float]:
+    def aggregate(completions: list[str]) -> float:
+        from eval.bias import bias
+
+        value = bias(metric, completions)
+        return float("nan") if value is None else value  # NaN: HELM records no value (eval/runner.py skips it)
+
+    return aggregate
+
+
+stereotypes_race, stereotypes_gender = _bias("stereotypes_race"), _bias("stereotypes_gender")
+representation_race, representation_gender = _bias("representation_race"), _bias("representation_gender")
 
 
 # ---- MATH equivalence (the MATH paper's rules, as HELM applies them) ------------------------------------

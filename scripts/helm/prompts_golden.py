@@ -68,6 +68,9 @@ CASES: list[Case] = [
          {f"mmlu/{s}/anatomy_{s}.csv": f"data/{s}/anatomy_{s}.csv" for s in ("dev", "val", "test")}, 5),
     Case("truthful_qa", "get_truthful_qa_spec", {"task": "mc_single"},
          {"truthful_qa/TruthfulQA.csv": "data/TruthfulQA.csv"}, 6),
+    # Rows whose best answer is also among the incorrect ones: the correct reference is the best answer's own.
+    Case("truthful_qa_duplicate", "get_truthful_qa_spec", {"task": "mc_single"},
+         {"truthful_qa_duplicate/TruthfulQA.csv": "data/TruthfulQA.csv"}, 6),
     Case("gsm8k", "get_gsm_spec", {}, {f"gsm8k/gsm_data_{s}": f"gsm_data_{s}" for s in ("train", "test")}, 4),
     Case("bbq", "get_bbq_spec", {"subject": "all"}, {"bbq/Age.jsonl": "data/Age", "bbq/SES.jsonl": "data/SES"}, 3,
          patches=("bbq_test_size",)),
@@ -77,6 +80,9 @@ CASES: list[Case] = [
     *(Case(f"bigbench_{task}_{k}shot", "get_big_bench_spec", {"task": task, "subtask": ""}, {}, 12,
            max_train_instances=k, patches=("bigbench_data",))
       for task in ("fixture_mc", "fixture_gen") for k in (0, 1, 2, 3)),
+    # A generative task whose examples carry target_scores (the fork takes its references from them).
+    Case("bigbench_fixture_gen_scores_2shot", "get_big_bench_spec", {"task": "fixture_gen_scores", "subtask": ""}, {},
+         12, max_train_instances=2, patches=("bigbench_data",)),
 ]
 
 
@@ -129,6 +135,12 @@ def apply_patches(case: Case, data: Path) -> Callable[[], None]:
     return lambda: [u() for u in reversed(undo)]
 
 
+def bigbench_task(task: str, data: Path) -> Path:
+    """A BIG-bench fixture's task.json: the project's own (eval/fixtures), else a golden-only one under the data."""
+    ours = BIGBENCH_FIXTURES / task / "task.json"
+    return ours if ours.exists() else data / "bigbench" / task / "task.json"
+
+
 def run_case(case: Case, data: Path, work: Path) -> list[dict]:
     """The requests the fork builds for `case` from our data under `data` (HELM's order)."""
     from helm.benchmark import run_specs
@@ -143,7 +155,7 @@ def run_case(case: Case, data: Path, work: Path) -> list[dict]:
             task = case.args["task"]
             target = work / "benchmark_output" / "scenarios" / "big_bench" / task / "task.json"
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(BIGBENCH_FIXTURES / task / "task.json", target)
+            shutil.copyfile(bigbench_task(task, data), target)
         run_spec = getattr(run_specs, case.spec)(**case.args)
         adapter_spec = replace(run_spec.adapter_spec, max_eval_instances=case.max_eval_instances)
         if case.max_train_instances is not None:
