@@ -27,7 +27,8 @@ Columns (each "all" when every run passed, else how many did):
   deadline held    every process ended inside the budget, seen from outside: the wall time of all its
                    attempts together <= B, plus 1 s per kill -9 (the ledger is written once a second,
                    so a kill loses up to that much of its record)
-  adapter loadable run/adapter loads with PeftModel.from_pretrained at the end
+  adapter loadable run/adapter loads with PeftModel.from_pretrained as the fault left it (before any
+                   --resume, which publishes a checkpoint's adapter again) and at the end
   resume continued the resumed attempt started from the newest checkpoint that was complete (and, for
                    `damaged`, undamaged) when the fault hit, and ended the run normally
   results lost     runs where a step's metrics row is missing or repeated, the summary's step count is
@@ -183,6 +184,16 @@ def adapter_loadable(adapter: Path, base_dir: Path) -> bool:
     return any("lora_" in name for name, _ in model.named_parameters())
 
 
+def published_loadable(t: Trial, base: Path) -> bool:
+    """The result as the fault left it, before any --resume (which publishes a checkpoint's adapter
+    again): run/adapter loads, or there is none yet (the fault struck before the first checkpoint and
+    before the untrained adapter was published)."""
+    adapter = t.run / "adapter"
+    if not adapter.exists() and not newest_steps(t.run):
+        return True
+    return adapter_loadable(adapter, base)
+
+
 def resumed_from(stderr: str) -> int | None:
     for line in stderr.splitlines():
         if line.startswith("resumed     from step-"):
@@ -210,10 +221,12 @@ def kill_and_resume(t: Trial, base: Path, damage: int | None = None) -> Outcome:
         note = f"cut {victim.relative_to(newest)}"
         steps = steps[:-1]
     expected = steps[-1] if steps else 0
+    published = published_loadable(t, base)
     stderr = t.resume()
     s = t.summary()
     continued = resumed_from(stderr) == expected and t.codes[-1] == 0
-    return Outcome(deadline_held=t.deadline_held(kills=1), adapter_loadable=adapter_loadable(t.run / "adapter", base),
+    return Outcome(deadline_held=t.deadline_held(kills=1),
+                   adapter_loadable=published and adapter_loadable(t.run / "adapter", base),
                    resume_continued=continued, codes=t.codes, note=note or f"killed at step {expected}+",
                    results_lost=not (t.metrics_intact() and s is not None and s["steps"] >= expected))
 
@@ -228,9 +241,11 @@ def signal_and_resume(t: Trial, base: Path) -> Outcome:
     t.finish_first()
     first = t.summary()
     expected = first["steps"] if first and t.codes[0] == 4 else 0  # 6: signalled before training
+    published = published_loadable(t, base)
     stderr = t.resume()
     s = t.summary()
-    return Outcome(deadline_held=t.deadline_held(kills=0), adapter_loadable=adapter_loadable(t.run / "adapter", base),
+    return Outcome(deadline_held=t.deadline_held(kills=0),
+                   adapter_loadable=published and adapter_loadable(t.run / "adapter", base),
                    resume_continued=resumed_from(stderr) == expected and t.codes[-1] == 0, codes=t.codes,
                    results_lost=not (t.metrics_intact() and s is not None and s["steps"] >= expected),
                    note=f"signalled at step {expected}")

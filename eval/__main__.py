@@ -16,13 +16,18 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # Only the chosen command's module is imported (training runs `eval instances` before every run, and
+    # `eval.report` alone pulls in matplotlib); help or an unknown command imports them all.
+    chosen = [argv[0]] if argv and argv[0] in COMMANDS else list(COMMANDS)
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        modules[name] = module
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name in chosen:
+            modules[name] = importlib.import_module(module_name)
+            modules[name].add_arguments(command)
     args = parser.parse_args(argv)
     return modules[args.command].main(args)
 

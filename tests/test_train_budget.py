@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from tests.helpers import REPO, run_train, summary, train_cmd, write_recipe
+from tests.helpers import REPO, hang_at_step, run_train, summary, train_cmd, write_recipe
 from train.run.schedule import lr_factor
 
 
@@ -58,7 +58,7 @@ def test_a_budgeted_run_ends_inside_its_budget_with_an_adapter(tmp_path: Path, t
 def test_a_hung_step_is_ended_hard_inside_the_budget(tmp_path: Path, tiny_model: Path):
     run = tmp_path / "run"
     proc, wall = run_train("--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "25s",
-                           "--output-dir", str(run), env={"HARNESS_TEST_HANG_AT_STEP": "4"})
+                           "--output-dir", str(run), env=hang_at_step(tmp_path / "hook", 4))
     assert proc.returncode == 3, proc.stderr
     assert "HARD STOP (deadline)" in proc.stderr
     s = summary(run)
@@ -81,7 +81,7 @@ def test_sigterm_stops_gracefully_with_a_checkpoint_and_a_second_signal_hard(tmp
     hung = tmp_path / "hung"
     proc = subprocess.Popen(train_cmd("--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "5m",
                                       "--output-dir", str(hung)), cwd=REPO, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HARNESS_TEST_HANG_AT_STEP": "2"})
+                            env={**os.environ, **hang_at_step(tmp_path / "hook", 2)})
     wait_for(lambda: (hung / "checkpoints" / "step-0000001").exists(), proc)
     time.sleep(1)  # step 2 has begun, and never ends
     proc.send_signal(signal.SIGTERM)

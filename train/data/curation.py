@@ -17,7 +17,6 @@ import numpy as np
 from tqdm import tqdm
 
 from train.data.contamination import EvalSet, Hit, Index, eval_root_default, load_eval_sets
-from train.data.dedup import find_duplicates
 from train.data.ngrams import Vocabulary
 from train.recipe import DataSource, Recipe
 
@@ -80,15 +79,26 @@ def _bar(total: int, what: str) -> tqdm:
                 disable=None, mininterval=0.5)
 
 
-def curate(recipe: Recipe, tokenizer, rendered: list[tuple[str, DataSource, list[tuple[str, str]]]],
-           full: bool = False, eval_root: Path | None = None) -> Findings:
-    """Measure every rendered record and decide what the recipe keeps. `full` runs every check (for a
-    data report); otherwise only those the recipe's options need."""
+def eval_root_of(recipe: Recipe, given: Path | None = None) -> Path:
+    """The evaluation data root checked for contamination: `given`, the recipe's, or eval's own."""
+    return Path(given or recipe.curation.eval_data or eval_root_default())
+
+
+def checks_needed(recipe: Recipe, full: bool) -> set[str]:
+    """The checks a curation runs: all of them for a data report (`full`), else those the options need."""
     c = recipe.curation
     checks = {"exact", "near", "contamination"} if full else (
         {"exact", "near"} if c.dedup == "near" else {"exact"} if c.dedup == "exact" else set())
-    if c.decontaminate:
-        checks.add("contamination")
+    return checks | ({"contamination"} if c.decontaminate else set())
+
+
+def curate(recipe: Recipe, tokenizer, rendered: list[tuple[str, DataSource, list[tuple[str, str]]]],
+           full: bool = False, eval_root: Path | None = None,
+           eval_data: tuple[list[EvalSet], list[tuple[str, str]]] | None = None) -> Findings:
+    """Measure every rendered record and decide what the recipe keeps. `full` runs every check (for a
+    data report); otherwise only those the recipe's options need. `eval_data`: load_eval_sets' answer
+    for the evaluation data root, when it was read already (a run reads it before the model loads)."""
+    checks = checks_needed(recipe, full)
     total = sum(len(pairs) for _, _, pairs in rendered)
     sources = []
     with _bar(total, "tokens") as bar:
@@ -101,10 +111,9 @@ def curate(recipe: Recipe, tokenizer, rendered: list[tuple[str, DataSource, list
     findings = Findings(sources, checks)
     if checks:
         vocab = Vocabulary()
-        root = Path(eval_root or c.eval_data or eval_root_default())
         if "contamination" in checks:
-            findings.eval_root = root
-            findings.eval_sets, findings.skipped = load_eval_sets(root)
+            findings.eval_root = eval_root_of(recipe, eval_root)
+            findings.eval_sets, findings.skipped = eval_data or load_eval_sets(findings.eval_root)
             findings.index = Index(findings.eval_sets, vocab)
         with _bar(total, "words") as bar:
             ids = []
@@ -112,6 +121,10 @@ def curate(recipe: Recipe, tokenizer, rendered: list[tuple[str, DataSource, list
                 ids += [vocab.encode(f"{p} {r}") for p, r in s.pairs]
                 bar.update(len(s.pairs))
         if checks & {"exact", "near"}:
+            # Imported here: datasketch is needed only when a recipe deduplicates (a GPU image without it
+            # still trains and runs bench/gpu_check.py).
+            from train.data.dedup import find_duplicates
+
             with _bar(total, "duplicates") as bar:
                 dups = find_duplicates(ids, bar.update)
             _spread(sources, dups.exact, "duplicates_exact")

@@ -65,7 +65,7 @@ def find_duplicates(id_lists: list[list[int]], progress: Callable[[int], None] =
         sketches = MinHash.generator(shingles(Texts.of(chunk), len(chunk)), num_perm=NUM_PERM, hashfunc=int)
         for offset, (ids, sketch) in enumerate(zip(chunk, sketches)):
             i = start + offset
-            key = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=16).digest()
+            key = hashlib.blake2b(np.asarray(ids, dtype=np.uint64).tobytes(), digest_size=16).digest()
             if key in seen:
                 exact[i] = True
                 continue

@@ -5,12 +5,15 @@ deleted, split on whitespace). It is restated here rather than imported because 
 `lm_eval.decontamination.janitor` prints a warning and a traceback whenever its optional C++ helper
 is not compiled; tests/test_data_report.py checks that the two agree.
 
-Words become ids in order of first sight, so every hash below is the same run after run (Python's
-own `hash` of a string is salted per process). An n-gram's hash is a polynomial over mixed word
+A word's id is a hash of its own bytes (blake2b), never a number given in order of first sight: what
+is kept as a duplicate or as clean must not depend on what was read first (rank 0 reads the evaluation
+instances before the mix, the other ranks do not), and Python's own `hash` of a string is salted per
+process. An n-gram's hash is a polynomial over mixed word
 ids in wrapping 64-bit arithmetic, computed for a whole chunk of texts at once with numpy.
 """
 from __future__ import annotations
 
+import hashlib
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,15 +30,26 @@ def words(text: str) -> list[str]:
     return text.translate(NORMALISE).split()
 
 
+def word_id(word: str) -> int:
+    """A word's 64-bit id: the same in every process, whatever else was read."""
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+
+
 class Vocabulary:
-    """Word -> id, numbered in order of first sight."""
+    """Word -> id (`word_id`), remembered: a mix repeats its words far more often than it adds new ones."""
 
     def __init__(self) -> None:
         self.ids: dict[str, int] = {}
 
     def encode(self, text: str) -> list[int]:
         ids = self.ids
-        return [ids.setdefault(w, len(ids)) for w in words(text)]
+        out = []
+        for w in words(text):
+            i = ids.get(w)
+            if i is None:
+                i = ids[w] = word_id(w)
+            out.append(i)
+        return out
 
 
 @dataclass

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from core.generated import TASKS
+from core.prompts import format_prompt
 from train.data import report as data_report
 from train.data.curation import Findings, curate
 from train.data.packing import IGNORE, Batches, Example, pack
@@ -21,28 +22,47 @@ ALPACA_PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 TEMPLATE_FIELDS = {"completion": ("prompt", "completion"), "alpaca": ("instruction", "input", "output")}
 
 
-def load_records(recipe: Recipe, source: DataSource) -> list[dict]:
-    """The raw records of one source, as dictionaries."""
-    limit = source.max_examples
-    if source.kind == "generated":
-        return TASKS[source.name].make(limit or GENERATED_DEFAULT_COUNT, seed=recipe.train.seed)
-    if source.kind == "json":
-        path = source_path(recipe, source)
-        text = path.read_text(encoding="utf-8")
+def read_json(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) of every record of a .json list or a .jsonl file, where = `path:line`
+    (`path, record n` in a .json list), so that an error names the line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        placed = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                placed.append((f"{path}:{n}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise RecipeError(f"{path}:{n}: not valid JSON ({err.msg}, column {err.colno})") from None
+    else:
         try:
-            if path.suffix == ".jsonl":
-                records = [json.loads(line) for line in text.splitlines() if line.strip()]
-            else:
-                records = json.loads(text)
+            records = json.loads(text)
         except json.JSONDecodeError as err:
-            raise RecipeError(f"{path}: not valid JSON ({err})") from err
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise RecipeError(f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(records, list):
             raise RecipeError(f"{path}: expected a list of objects (or one object per line in .jsonl)")
+        placed = [(f"{path}, record {n}", record) for n, record in enumerate(records, 1)]
+    for where, record in placed:
+        if not isinstance(record, dict):
+            raise RecipeError(f"{where}: expected an object, found {type(record).__name__}")
+    return placed
+
+
+def load_records(recipe: Recipe, source: DataSource, name: str) -> list[tuple[str, dict]]:
+    """(where, record) of each raw record of one source: `where` names the file and line, or `name`
+    and the record's number."""
+    limit = source.max_examples
+    if source.kind == "json":
+        placed = read_json(source_path(recipe, source))
+        return placed[:limit] if limit else placed
+    if source.kind == "generated":
+        records = TASKS[source.name].make(limit or GENERATED_DEFAULT_COUNT, seed=recipe.train.seed)
     else:
         import datasets
 
         records = list(datasets.load_dataset(source.name, source.subset or None, split=source.split))
-    return records[:limit] if limit else records
+    return [(f"{name}, record {n}", record) for n, record in enumerate(records[:limit] if limit else records, 1)]
 
 
 def render(source: DataSource, record: dict, where: str) -> tuple[str, str]:
@@ -75,13 +95,20 @@ def tokenize(tokenizer, prompt: str, response: str, max_len: int, train_on_input
     return Example(ids, labels)
 
 
+def formatted(tokenizer, prompt: str, prompt_format: str) -> str:
+    """The prompt as the model sees it (core/prompts.py), an error naming the recipe key."""
+    try:
+        return format_prompt(tokenizer, prompt, prompt_format)
+    except ValueError as err:
+        raise RecipeError(f"model.prompt_format: {err}") from None
+
+
 def render_sources(recipe: Recipe) -> list[tuple[str, DataSource, list[tuple[str, str]]]]:
     """(name, source, rendered (prompt, response) of every record) for each source, in recipe order."""
     rendered = []
     for i, source in enumerate(recipe.data):
-        where = f"data[{i}] ({source.name or source.path})"
-        rendered.append((source.name or source.path, source,
-                         [render(source, record, where) for record in load_records(recipe, source)]))
+        placed = load_records(recipe, source, f"data[{i}] ({source.name or source.path})")
+        rendered.append((source.name or source.path, source, [render(source, record, where) for where, record in placed]))
     return rendered
 
 
@@ -95,6 +122,7 @@ def build_examples(recipe: Recipe, tokenizer, findings: Findings | None = None) 
         where = f"data[{i}] ({found.name})"
         examples = []
         for (prompt, response), keep in zip(found.pairs, found.keep):
+            prompt = formatted(tokenizer, prompt, recipe.model.prompt_format)
             example = tokenize(tokenizer, prompt, response, recipe.train.max_seq_len,
                                recipe.train.train_on_inputs) if keep else None
             if example is not None:
@@ -107,12 +135,16 @@ def build_examples(recipe: Recipe, tokenizer, findings: Findings | None = None) 
     return mixed
 
 
-def prepare(recipe: Recipe, tokenizer, report_dir: Path | None = None) -> tuple[Batches, Findings]:
+def prepare(recipe: Recipe, tokenizer, report_dir: Path | None = None,
+            rendered: list[tuple[str, DataSource, list[tuple[str, str]]]] | None = None,
+            eval_data: tuple | None = None) -> tuple[Batches, Findings]:
     """Batches for training, and what curation found. With `report_dir`, every check runs and the
-    data report is written there; any contamination found is a warning, never a refusal."""
+    data report is written there; any contamination found is a warning, never a refusal. `rendered`
+    and `eval_data`: the sources and evaluation data, where they were read (and checked) already."""
     t = recipe.train
     started = time.monotonic()
-    findings = curate(recipe, tokenizer, render_sources(recipe), full=report_dir is not None)
+    findings = curate(recipe, tokenizer, rendered or render_sources(recipe), full=report_dir is not None,
+                      eval_data=eval_data)
     examples = build_examples(recipe, tokenizer, findings)
     rows = pack(examples, t.max_seq_len) if t.packing else [[e] for e in examples]
     if len(rows) < t.micro_batch_size:

@@ -7,7 +7,6 @@ matmuls left may use TF32 on CUDA.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -48,10 +47,18 @@ def autocast_dtype(recipe: Recipe) -> torch.dtype | None:
 def enable_tf32() -> None:
     """TF32 for the fp32 matmuls left outside autocast, where the GPU has it (Ampere and later)."""
     from transformers.utils import is_torch_tf32_available
-    from transformers.utils.import_utils import enable_tf32 as enable
 
     if is_torch_tf32_available():
-        enable(True)
+        use_tf32()
+
+
+def use_tf32() -> None:
+    """Through the flags torch.compile and accelerate use (`allow_tf32`), not the new
+    `fp32_precision` API of transformers' enable_tf32: once the new one sets cuBLAS's mode, reading
+    it the legacy way (torch.get_float32_matmul_precision, which inductor calls) raises "mix of the
+    legacy and new APIs", while the legacy setting reads back through either."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def train_step(model, optimizer, micro_batches: list[dict[str, torch.Tensor]], lr: float,
@@ -114,7 +121,6 @@ def run_loop(recipe: Recipe, model, optimizer, batches: Batches, state: LoopStat
     limit = step_limit(recipe, batches, per_step)
     autocast = autocast_dtype(recipe)
     enable_tf32()
-    hang_at = int(os.environ.get("HARNESS_TEST_HANG_AT_STEP", "0"))  # test hook: a step that never ends
     model.train()
     stream = batches.from_position(state.position, team.rank, team.size)
     accelerator = team.accelerator if team.distributed else None
@@ -130,8 +136,6 @@ def run_loop(recipe: Recipe, model, optimizer, batches: Batches, state: LoopStat
         started = time.monotonic()
         micro = [next(stream) for _ in range(accumulate)]
         tokens = sum(int(b.pop("num_tokens")) for b in micro)
-        if hang_at and state.step + 1 == hang_at:
-            time.sleep(10**6)
         loss = train_step(model, optimizer, micro, lr, t.max_grad_norm, autocast, accelerator)
         state.loss, tokens = team.step_totals(loss, tokens)
         seconds = time.monotonic() - started

@@ -33,7 +33,24 @@ T = TypeVar("T")
 
 LAUNCHER_ENV = "TORCHELASTIC_RUN_ID"  # set by torchrun's launcher (`accelerate launch`, `torchrun`) in each rank
 BEAT_EVERY_S = 0.25
-PEER_TIMEOUT_S = 5.0  # a rank silent this long is gone (killed, or hung outside Python's reach)
+PEER_TIMEOUT_ENV = "HARNESS_PEER_TIMEOUT"
+# A rank silent this long is gone (killed, or hung outside Python's reach). Long enough for a beat
+# thread that waits for the GIL while its rank pickles a large checkpoint; far below NCCL's 600 s.
+PEER_TIMEOUT_DEFAULT_S = 30.0
+
+
+def peer_timeout_s(env: dict | None = None) -> float:
+    """$HARNESS_PEER_TIMEOUT in seconds (default PEER_TIMEOUT_DEFAULT_S), at least four beats."""
+    raw = (os.environ if env is None else env).get(PEER_TIMEOUT_ENV)
+    if raw is None:
+        return PEER_TIMEOUT_DEFAULT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= 4 * BEAT_EVERY_S:  # NaN fails too
+        raise ValueError(f"{PEER_TIMEOUT_ENV} = {raw!r}: expected a number of seconds, at least {4 * BEAT_EVERY_S:g}")
+    return seconds
 
 
 def launched() -> bool:
@@ -63,12 +80,16 @@ class StepPlan:
 class Team:
     """This process's place in the run, and the few collective calls the run makes."""
 
-    def __init__(self, cpu: bool) -> None:
+    def __init__(self, cpu: bool, collective_timeout_s: float = 600.0) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
 
         # Placement is train.model's (4-bit weights load on their device); precision is the
         # recipe's train.autocast, so an accelerate config asking for mixed precision is refused.
-        self.accelerator = Accelerator(cpu=cpu, device_placement=False)
+        # The collective timeout outlasts the longest legitimate wait (ranks wait in a collective
+        # while rank 0 alone writes the data report); a hung peer is found by PeerWatch instead.
+        self.accelerator = Accelerator(cpu=cpu, device_placement=False, kwargs_handlers=[
+            InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_s))])
         if self.accelerator.mixed_precision != "no":
             raise ValueError(f"the accelerate config sets mixed_precision = {self.accelerator.mixed_precision!r}: "
                              "precision is the recipe's train.autocast; set mixed_precision: 'no'")
@@ -164,10 +185,6 @@ class Team:
             raise error
         return result
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank if it is true on any."""
-        return self._sum([float(flag)])[0] > 0
-
     def plan_step(self, budget_stop: bool, signalled: bool, progress: float, checkpoint: bool) -> StepPlan:
         """Before each step: stop if rank 0's watchdog says so or any rank was signalled; the
         progress and whether to checkpoint are rank 0's (the others pass 0)."""
@@ -188,16 +205,18 @@ class PeerWatch:
     """Liveness outside the process group, which can hang for good when a peer dies (NCCL waits in a
     collective until its timeout): each rank beats in the launcher's key-value store (the one the
     process group met through), rank 0 watches every rank and the others watch rank 0. A beat that
-    stops for PEER_TIMEOUT_S, or a store that stops answering, is a lost peer: `on_lost(what)`
-    must end this process. Rank 0 posts its hard stop there too, and the others leave with it at
-    once (`on_hard_stop(exit_code)`)."""
+    stops for the peer timeout (peer_timeout_s), or a store that stops answering, is a lost peer:
+    `on_lost(what)` must end this process. Rank 0 posts its hard stop there too, and the others leave with it at
+    once (`on_hard_stop(exit_code)`). A rank that is done (its last save behind it) says so, and is
+    no longer watched."""
 
-    def __init__(self, team: Team, on_lost: Callable[[str], None], on_hard_stop: Callable[[int], None]) -> None:
+    def __init__(self, team: Team, on_lost: Callable[[str], None], on_hard_stop: Callable[[int], None],
+                 timeout_s: float) -> None:
         import torch.distributed as dist
 
-        self.team, self.on_lost, self.on_hard_stop = team, on_lost, on_hard_stop
+        self.team, self.on_lost, self.on_hard_stop, self.timeout_s = team, on_lost, on_hard_stop, timeout_s
         store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                              timeout=timedelta(seconds=PEER_TIMEOUT_S))
+                              timeout=timedelta(seconds=timeout_s))
         run = f"{os.environ.get(LAUNCHER_ENV, 'run')}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.store = dist.PrefixStore(f"harness/{run}/", store)
         self.watched = range(1, team.size) if team.main else [0]
@@ -205,8 +224,10 @@ class PeerWatch:
         threading.Thread(target=self._watch, name="peer-watch", daemon=True).start()
 
     def stop(self) -> None:
-        """Training is over: ranks now finish (and exit) at their own pace."""
+        """This rank's last save is done: it exits at its own pace, unwatched."""
         self._done.set()
+        with suppress(Exception):
+            self.store.set(f"done/{self.team.rank}", "1")
 
     def post_hard_stop(self, exit_code: int) -> None:
         """Best effort: if the store is what failed, the others find it gone instead."""
@@ -223,10 +244,10 @@ class PeerWatch:
                     self.on_hard_stop(int(self.store.get("hard_stop")))
                 for rank in self.watched:
                     beats = self.store.add(f"beat/{rank}", 0)
-                    if beats != seen[rank][0]:
+                    if beats != seen[rank][0] or self.store.check([f"done/{rank}"]):
                         seen[rank] = (beats, now)
-                    elif now - seen[rank][1] > PEER_TIMEOUT_S:
-                        self.on_lost(f"rank {rank} stopped answering for {PEER_TIMEOUT_S:.0f}s")
+                    elif now - seen[rank][1] > self.timeout_s:
+                        self.on_lost(f"rank {rank} stopped answering for {self.timeout_s:g}s")
             except Exception as error:  # noqa: BLE001 - any store failure: the launcher (or rank 0) is gone
                 if not self._done.is_set():
                     self.on_lost(f"the launcher's store stopped answering ({type(error).__name__})")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
+from core.models import load_tokenizer
 from train import model as model_lib
 from train.budget.ledger import Ledger
 from train.budget.watchdog import (
@@ -36,9 +37,10 @@ from train.budget.watchdog import (
 from train.data import pipeline as data
 from train.recipe import Recipe, dump_recipe, load_recipe
 from train.run.checkpoint import (
+    place_optimizer_state,
     publish_adapter,
     publish_lock,
-    read_newest_checkpoint,
+    read_checkpoint,
     recover_adapter,
     restore_weights,
     save_checkpoint,
@@ -62,6 +64,17 @@ class Limits:
     margin_s: float
     save_reserve_s: float
     checkpoint_every_s: float
+    peer_timeout_s: float  # train.run.ranks.peer_timeout_s: a rank silent this long is lost
+
+
+@dataclass
+class Inputs:
+    """What a run reads besides the model, read (so checked) before the model loads: a bad file is a
+    usage error that costs the check alone (train/__main__.py)."""
+    rendered: list  # train.data.pipeline.render_sources' answer
+    eval_data: tuple  # train.data.contamination.load_eval_sets' answer, rank 0's, shared
+    resume_from: Path | None  # the checkpoint a resume continues, rank 0's choice, shared
+    seconds: float  # the reading's wall time, booked to the data phase
 
 
 def say(message: str) -> None:
@@ -93,16 +106,17 @@ def resume_recipe(run_dir: Path) -> Recipe:
 
 class TrainingRun:
     def __init__(self, recipe: Recipe, run_dir: Path, limits: Limits, started: float, resume: bool, team: Team,
-                 micro_batches_per_step: int) -> None:
+                 micro_batches_per_step: int, inputs: Inputs) -> None:
         """On every rank of a team alike (a collective call): rank 0 starts the run's records, the
         others take its time left."""
         self.recipe, self.run_dir, self.limits, self.resume, self.team = recipe, run_dir, limits, resume, team
+        self.inputs = inputs
         left = team.decide(lambda: self._start_records(started))
         if not team.main:
             self.ledger = Ledger.follower(limits.budget_s, started, left)
         self.peers = PeerWatch(team, on_lost=lambda what: self.hard_stop(what, EXIT_RANK_LOST),
-                               on_hard_stop=lambda code: self.hard_stop("rank 0's hard stop", code)
-                               ) if team.distributed else None
+                               on_hard_stop=lambda code: self.hard_stop("rank 0's hard stop", code),
+                               timeout_s=limits.peer_timeout_s) if team.distributed else None
         self.watchdog = Watchdog(self.ledger, limits.margin_s, limits.save_reserve_s, self.hard_stop,
                                  decides=team.main)
         self.state = LoopState(micro_batches_per_step=micro_batches_per_step)
@@ -110,6 +124,7 @@ class TrainingRun:
         self.data_dropped: dict[str, int] = {}  # records the recipe's [curation] options dropped, by reason
         self.last_checkpoint = time.monotonic()
         self.checkpointed_step = 0  # the step of this attempt's latest checkpoint (or of the one resumed)
+        self.training = False  # past the load and data phases: a signal then stops at a step boundary
 
     def _start_records(self, started: float) -> float:
         """Rank 0: the run folder, its recipe and this attempt in the ledger; returns the time left."""
@@ -120,7 +135,8 @@ class TrainingRun:
             (self.run_dir / "recipe.toml").write_text(dump_recipe(self.recipe))
         self.ledger = Ledger(self.run_dir / "ledger.json", self.limits.budget_s, started, self.resume,
                              world_size=self.team.size)
-        self.ledger.add("startup", self.ledger.elapsed())  # interpreter start and imports
+        self.ledger.add("startup", self.ledger.elapsed() - self.inputs.seconds)  # interpreter start and imports
+        self.ledger.add("data", self.inputs.seconds)
         return self.ledger.left()
 
     # -- ending ---------------------------------------------------------------------------------
@@ -189,21 +205,21 @@ class TrainingRun:
         set_seed(self.recipe.train.seed)  # LoRA's initial weights, dropout: the same run twice gives the same adapter
         saved = None
         with self.ledger.phase("load"):
-            tokenizer = model_lib.load_tokenizer(self.recipe.model.base)
+            tokenizer = load_tokenizer(self.recipe.model.base)
             self.trained = model_lib.load_model(self.recipe, sharded=self.team.sharded)
-            if self.resume and (saved := read_newest_checkpoint(self.run_dir)):  # every rank reads the same one
+            if self.inputs.resume_from:  # rank 0's choice: every rank reads the same one
+                saved = read_checkpoint(self.inputs.resume_from)
                 restore_weights(self.trained, saved)  # before a wrapper shards the weights
             self.model = self.team.wrap(self.trained)
             self.optimizer = model_lib.make_optimizer(self.recipe, self.model)
             if saved:
                 self.team.load_optimizer_state(self.model, self.optimizer, saved.optimizer)
-        if self.team.any(self.watchdog.reason == "signal"):
-            return self.signalled_before_training()
+                place_optimizer_state(self.optimizer)
         with self.ledger.phase("data"):  # the data report is rank 0's
-            batches, findings = data.prepare(self.recipe, tokenizer, report_dir=self.run_dir if self.team.main else None)
+            batches, findings = data.prepare(self.recipe, tokenizer, self.run_dir if self.team.main else None,
+                                             self.inputs.rendered, self.inputs.eval_data)
             self.data_dropped = findings.dropped()
-        if self.team.any(self.watchdog.reason == "signal"):
-            return self.signalled_before_training()
+        self.training = True  # a signal before here has ended the run (on_signal)
         tokens, slots = batches.token_stats()
         self.say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
                  f"{batches.per_epoch} batches/epoch; " + ("packing" if batches.packed else "pad-to-longest")
@@ -213,9 +229,9 @@ class TrainingRun:
             at = saved.state
             self.state = LoopState(at["step"], at["position"], at["tokens"], at["loss"], self.state.micro_batches_per_step)
             self.checkpointed_step = self.state.step
-            if self.team.main:  # adapter/ may hold a newer, damaged checkpoint's files: publish the one resumed
+            if self.team.main:  # adapter/ may be a newer checkpoint's, one that did not read whole: publish the one resumed
                 with self.ledger.phase("checkpoint"):
-                    publish_adapter(self.run_dir, saved.path / "adapter", link=True)
+                    publish_adapter(self.run_dir, saved.path / "adapter")
             self.say(f"resumed     from {saved.path.name} (step {self.state.step})")
         elif self.resume:
             self.say("resumed     from step 0: no checkpoint to resume from")
@@ -232,13 +248,13 @@ class TrainingRun:
         finally:
             if self.metrics:
                 self.metrics.close()
-            if self.peers:
-                self.peers.stop()
         if reason != "budget" and self.state.step != self.checkpointed_step:
             with self.ledger.phase("checkpoint"):  # no deadline pressure: leave one that --resume can extend
                 self.write_checkpoint()
         with self.ledger.phase("final_save"):
             self.publish()
+        if self.peers:  # watched through the last save, whose collectives a lost peer would hang
+            self.peers.stop()
         return self.end(reason, EXIT_SIGNAL if reason == "signal" else EXIT_OK)
 
     # -- saving: every rank calls these at the same step (FSDP gathers the shards), rank 0 writes --
@@ -258,6 +274,16 @@ class TrainingRun:
         weights, _ = self.team.gather_state(self.model)
         if self.team.main:
             save_final_adapter(self.run_dir, self.trained, weights)
+
+    def on_signal(self) -> None:
+        """A first SIGINT/SIGTERM, on the signal thread. Before training there is nothing to save and
+        the load and data phases can take minutes, so the run ends at once (exit 6); once training has
+        begun it stops at the next step boundary, with a checkpoint."""
+        if not self.training:
+            code = self.signalled_before_training()
+            sys.stdout.flush()
+            os._exit(code)
+        self.watchdog.request_stop("signal")
 
     def signalled_before_training(self) -> int:
         self.say("\nstopped by a signal before training started: no adapter was saved in this attempt")

@@ -1,0 +1,156 @@
+"""Which PEFT technique under this budget? Every method of the recipe's [peft] table on the same
+data, the same budget and the same evaluation.
+
+Each method is a real budgeted run of `python -m train` (the same recipe: the tiny CPU recipe's
+training tasks, no packing and no gradient checkpointing for every method, since prompt, P- and
+prefix tuning need the one and prefix tuning the other, so every method sees the same batches;
+only [peft] and the learning rate change: 3e-3 for the LoRA family as in configs/tiny-cpu.toml,
+3e-2 for IA3 and the virtual-token methods, whose few parameters move slowly; not tuned further).
+Its adapter is then loaded the way the submission server loads it (merged, or virtual tokens as a
+KV prefix) and served in-process by the server's engine, every evaluation request at once (so
+batched): exact match of the greedy answer on fresh records of the training tasks (seed 1000, the
+training data's is 0) and on the held-out tasks no recipe trains on, base model first. Prints
+trainable parameters, training tokens/s (median over steps, the first left out), peak memory
+(resident on the CPU, allocated on CUDA), final loss (mean of the last 5 steps), scores base ->
+tuned and the server's generated tokens/s with that adapter. Training runs one after another on
+a machine that may be shared: compare tokens/s within one run of this script only.
+
+    python bench/peft_methods.py [--base embedded:tiny-llama] [--budget 60s] [--methods lora,ia3,...]
+                                 [--eval 30] [--threads N] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from core.generated import TASKS
+from train.recipe import PEFT_METHODS, VIRTUAL_TOKENS
+
+TRAIN_TASKS = {"mc_largest": 1.0, "mc_arith": 1.0, "mc_next_letter": 1.0, "arith_qa": 1.0,
+               "count_letter_qa": 1.0, "reverse_word_qa": 0.5}  # configs/tiny-cpu.toml's mix
+HELD_OUT = [name for name, task in TASKS.items() if task.held_out]
+EVAL_SEED = 1000
+LR = {"lora": 3e-3, "dora": 3e-3, "rslora": 3e-3}  # the others: 3e-2
+
+
+def recipe_text(base: str, method: str) -> str:
+    sources = "".join(f'\n[[data]]\nkind = "generated"\nname = "{name}"\nweight = {weight}\nmax_examples = 400\n'
+                      for name, weight in TRAIN_TASKS.items())
+    return (f'name = "peft-{method}"\n\n[model]\nbase = "{base}"\nquantization = "nf4"\n\n'
+            f'[peft]\nmethod = "{method}"\n\n[train]\nmax_seq_len = 256\nmicro_batch_size = 8\n'
+            f'lr = {LR.get(method, 3e-2)}\nschedule = "cosine"\npacking = false\ngradient_checkpointing = false\n'
+            + sources)
+
+
+def train(base: str, method: str, budget: str, folder: Path) -> dict:
+    """One budgeted run; its figures from summary.json and metrics.jsonl."""
+    recipe = folder / f"{method}.toml"
+    recipe.write_text(recipe_text(base, method))
+    run = folder / method
+    proc = subprocess.run([sys.executable, "-m", "train", "--config", str(recipe), "--budget", budget,
+                           "--output-dir", str(run)], cwd=REPO, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method}: training exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"adapter": str(run / "adapter"), "steps": summary["steps"], "tokens": summary["tokens"],
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[1:] or rows),
+            "peak_mem_mib": max(r["peak_mem_mib"] for r in rows),
+            "final_loss": statistics.fmean(r["loss"] for r in rows[-5:])}
+
+
+def eval_records(count: int) -> dict[str, list[dict]]:
+    """Fresh records of the training tasks ("seen") and of the held-out tasks."""
+    return {"seen": [r for name in TRAIN_TASKS for r in TASKS[name].make(count, EVAL_SEED)],
+            "held_out": [r for name in HELD_OUT for r in TASKS[name].make(count, EVAL_SEED)]}
+
+
+def serve_and_score(base: str, adapter: str | None, records: dict[str, list[dict]], threads: int) -> dict:
+    """Exact match of the served model's greedy answers, and its generated tokens/s, all requests at once."""
+    from submission.api import ProcessRequest
+    from submission.engine import Engine
+    from submission.loading import load
+    from submission.settings import Settings
+
+    settings = Settings(model=base, adapter=adapter, threads=threads)
+    model, tokenizer, _ = load(settings)
+    engine = Engine(model, tokenizer, settings)
+    try:
+        everything = [r for group in records.values() for r in group]
+        started = time.perf_counter()
+        futures = [engine.submit(ProcessRequest(prompt=r["prompt"], max_new_tokens=8, temperature=0.0,
+                                                stop_sequences=["\n"])) for r in everything]
+        answers = [f.result(timeout=600) for f in futures]
+        seconds = time.perf_counter() - started
+    finally:
+        engine.close()
+    right = [a["text"].strip() == r["completion"].strip() for a, r in zip(answers, everything)]
+    scores, at = {}, 0
+    for name, group in records.items():
+        scores[name] = sum(right[at:at + len(group)]) / len(group)
+        at += len(group)
+    return {**scores, "serve_tokens_per_s": sum(len(a["tokens"]) for a in answers) / seconds}
+
+
+def trainable_count(base: str, method: str, folder: Path) -> int:
+    from train.budget.plan import shape_of, trainable_params
+    from train.recipe import load_recipe
+
+    return trainable_params(shape_of(base), load_recipe(folder / f"{method}.toml"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="embedded:tiny-llama")
+    parser.add_argument("--budget", default="60s", help="each method's training budget")
+    parser.add_argument("--methods", default=",".join(PEFT_METHODS))
+    parser.add_argument("--eval", type=int, default=30, help="evaluation records per task")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads while serving (0: torch's default)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(PEFT_METHODS))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(PEFT_METHODS)})")
+    records = eval_records(args.eval)
+    results = {"base": serve_and_score(args.base, None, records, args.threads), "methods": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in methods:
+            figures = train(args.base, method, args.budget, Path(tmp))
+            figures["trainable"] = trainable_count(args.base, method, Path(tmp))
+            figures.update(serve_and_score(args.base, figures.pop("adapter"), records, args.threads))
+            results["methods"][method] = figures
+            print(f"{method} done: {figures}", file=sys.stderr, flush=True)
+    print(table(results, args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def table(results: dict, args) -> str:
+    base = results["base"]
+    lines = [(f"base {args.base}, {args.budget} of training per method, {args.eval} evaluation records per task "
+              f"(seen: {len(TRAIN_TASKS)} training tasks, fresh records; held out: {', '.join(HELD_OUT)})"), "",
+             ("| method | trainable | steps | train tok/s | peak MiB | final loss | seen: base -> tuned "
+              "| held out: base -> tuned | serve tok/s (vs base) |"), "|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for method, f in results["methods"].items():
+        lines.append(
+            f"| {method}{' (virtual tokens)' if method in VIRTUAL_TOKENS else ''} | {f['trainable']:,} | {f['steps']} "
+            f"| {f['tokens_per_s']:,.0f} | {f['peak_mem_mib']:,.0f} | {f['final_loss']:.3f} "
+            f"| {base['seen']:.1%} -> {f['seen']:.1%} | {base['held_out']:.1%} -> {f['held_out']:.1%} "
+            f"| {f['serve_tokens_per_s']:,.0f} ({f['serve_tokens_per_s'] / base['serve_tokens_per_s']:.2f}x) |")
+    best = max(results["methods"].items(), key=lambda item: item[1]["seen"])
+    lines += ["", f"best on the seen tasks: {best[0]} ({best[1]['seen']:.1%})"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
