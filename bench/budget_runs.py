@@ -28,7 +28,7 @@ from core.rules import parse_duration
 
 def one_run(budget: str, folder: Path) -> dict:
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "train", "--budget", budget, "--output-dir", str(folder)],
+    proc = subprocess.run([sys.executable, "-m", "train", "--config", "configs/tiny-cpu.toml", "--budget", budget, "--output-dir", str(folder)],
                           cwd=REPO, capture_output=True, text=True, check=False)
     wall = time.monotonic() - started
     summary = json.loads((folder / "summary.json").read_text())

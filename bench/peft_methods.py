@@ -58,11 +58,12 @@ def train(base: str, method: str, budget: str, folder: Path) -> dict:
     run = folder / method
     proc = subprocess.run([sys.executable, "-m", "train", "--config", str(recipe), "--budget", budget,
                            "--output-dir", str(run)], cwd=REPO, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 3):  # 3: a hard stop at the deadline; the last checkpoint's adapter is the result
         raise RuntimeError(f"{method}: training exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     summary = json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"adapter": str(run / "adapter"), "steps": summary["steps"], "tokens": summary["tokens"],
+    return {"adapter": str(run / "adapter"), "stop": summary["stop_reason"], "steps": summary["steps"],
+            "tokens": summary["tokens"],
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows[1:] or rows),
             "peak_mem_mib": max(r["peak_mem_mib"] for r in rows),
             "final_loss": statistics.fmean(r["loss"] for r in rows[-5:])}
@@ -123,6 +124,7 @@ def main() -> None:
         parser.error(f"unknown method(s) {', '.join(unknown)} (known: {', '.join(PEFT_METHODS)})")
     records = eval_records(args.eval)
     results = {"base": serve_and_score(args.base, None, records, args.threads), "methods": {}}
+    print(f"base: {results['base']}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             figures = train(args.base, method, args.budget, Path(tmp))
@@ -130,6 +132,8 @@ def main() -> None:
             figures.update(serve_and_score(args.base, figures.pop("adapter"), records, args.threads))
             results["methods"][method] = figures
             print(f"{method} done: {figures}", file=sys.stderr, flush=True)
+            if args.json:  # as it goes: a later method's failure keeps the earlier ones
+                args.json.write_text(json.dumps(results, indent=1))
     print(table(results, args))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
@@ -143,7 +147,8 @@ def table(results: dict, args) -> str:
               "| held out: base -> tuned | serve tok/s (vs base) |"), "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for method, f in results["methods"].items():
         lines.append(
-            f"| {method}{' (virtual tokens)' if method in VIRTUAL_TOKENS else ''} | {f['trainable']:,} | {f['steps']} "
+            f"| {method}{' (virtual tokens)' if method in VIRTUAL_TOKENS else ''} | {f['trainable']:,} "
+            f"| {f['steps']}{'' if f['stop'] == 'budget' else ' (' + f['stop'] + ')'} "
             f"| {f['tokens_per_s']:,.0f} | {f['peak_mem_mib']:,.0f} | {f['final_loss']:.3f} "
             f"| {base['seen']:.1%} -> {f['seen']:.1%} | {base['held_out']:.1%} -> {f['held_out']:.1%} "
             f"| {f['serve_tokens_per_s']:,.0f} ({f['serve_tokens_per_s'] / base['serve_tokens_per_s']:.2f}x) |")

@@ -244,7 +244,7 @@ def compare_sides(recipe: Recipe, tokenizer, batches: Batches, packing: dict, st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="recipe file (default: configs/tiny-cpu.toml)")
+    parser.add_argument("--config", default="configs/tiny-cpu.toml", help="recipe file (default: configs/tiny-cpu.toml)")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per run (after one warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, rotating which goes first")
     parser.add_argument("--threads", type=int, default=0,

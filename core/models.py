@@ -7,7 +7,9 @@ and saves the adapter with the quantization its base weights had
 model the adapter was trained as (`load_trained`): a QLoRA adapter learned on the NF4-dequantized
 weights, so a full-precision model re-creates those weights (the same NF4 quantization, then
 bitsandbytes' dequantization) and merges LoRA into them, not into the original weights; a 4-bit
-model keeps the adapter beside the base, cast to the compute dtype.
+model keeps the adapter beside the base, cast to the compute dtype. A virtual-token adapter (prompt,
+P- or prefix tuning) changes no weight and has nothing to merge: only a caller that serves its
+virtual tokens takes it (`keep_virtual`; the submission server, as a KV prefix).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from core.embedded import resolve_model_id
 BASE_QUANTIZATION = "base_quantization.json"  # in an adapter folder: the base weights' quantization
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 QUANTIZED = ("nf4", "int8")  # served quantizations; the others are DTYPES' names
+VIRTUAL_TOKEN_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")  # peft types that prefix every sequence
 
 
 def device() -> torch.device:
@@ -127,13 +130,26 @@ def trained_quantization(adapter: str | Path):
         raise ValueError(f"{path}: not a bitsandbytes quantization config ({err})") from None
 
 
-def load_trained(model_id: str, adapter: str | Path | None, quant: str, attention: str):
+def virtual_token_method(adapter: str | Path) -> str | None:
+    """The adapter's peft type when it is a virtual-token method (prompt, P- or prefix tuning: it
+    changes every sequence's prefix, not the weights, so there is nothing to merge); else None."""
+    peft_type = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("peft_type")
+    return peft_type if peft_type in VIRTUAL_TOKEN_TYPES else None
+
+
+def load_trained(model_id: str, adapter: str | Path | None, quant: str, attention: str, keep_virtual: bool = False):
     """(model in eval mode, tokenizer, the quantization used): `model_id` with `adapter` as it was trained.
 
-    quant: auto, nf4, int8 (adapter beside the quantized base) or bf16, fp16, fp32 (adapter merged)."""
+    quant: auto, nf4, int8 (adapter beside the quantized base) or bf16, fp16, fp32 (adapter merged:
+    the LoRA family and IA3). A virtual-token adapter cannot be merged: it is refused unless the
+    caller serves virtual tokens itself (`keep_virtual`: the PeftModel comes back, unmerged)."""
     quant = resolve_quant(quant)
     dtype = compute_dtype("auto" if quant in QUANTIZED else quant)
     trained_on = None if adapter is None else trained_quantization(adapter)
+    virtual = None if adapter is None else virtual_token_method(adapter)
+    if virtual and not keep_virtual:
+        raise ValueError(f"adapter {str(adapter)!r} is {virtual} (virtual tokens before every prompt): it cannot be "
+                         "merged into the weights; serve it with the submission server, which keeps them as a KV prefix")
     if quant == "nf4":
         quantization = trained_on or nf4_config(dtype)
         quantization.bnb_4bit_compute_dtype = dtype
@@ -146,12 +162,15 @@ def load_trained(model_id: str, adapter: str | Path | None, quant: str, attentio
         # Quantize as training did (loaded in its dtype), then dequantize: the weights LoRA learned on.
         model = load_base(model_id, trained_on.bnb_4bit_compute_dtype, attention, trained_on)
         model = model.dequantize(dtype=dtype).to(dtype)
+        model.is_loaded_in_4bit = False  # transformers leaves it set; peft's IA3 merge refuses a 4-bit model by it
     else:
         model = load_base(model_id, dtype, attention)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
+        if virtual:  # nothing to merge or cast: the caller computes the virtual tokens' states
+            return model.eval(), load_tokenizer(model_id), quant
         if quant in QUANTIZED:
             for name, param in model.named_parameters():
                 if "lora_" in name:

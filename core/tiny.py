@@ -8,11 +8,9 @@ on AVX512-BF16 machines assert otherwise.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
-from core.cache import cache_root
+from core.cache import build_once, cache_root
 
 TINY_NAME = "tiny-llama-v2"
 EMBEDDED_ID = "embedded:tiny-llama"
@@ -94,24 +92,11 @@ def build_model(tokenizer, seed: int = 0):
 
 
 def tiny_model_path(rebuild: bool = False) -> Path:
-    """Build the tiny model once and return its folder. The folder appears atomically, so a
-    crash mid-build or two processes building at once never leave a half-written model."""
-    target = cache_root() / TINY_NAME
-    if target.is_dir() and not rebuild:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_NAME}-", dir=target.parent))
-    try:
+    """Build the tiny model once (atomically, see build_once) and return its folder."""
+
+    def build(staging: Path) -> None:
         tokenizer = build_tokenizer()
         build_model(tokenizer).save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if rebuild and target.exists():
-            shutil.rmtree(target)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: theirs is as good as ours
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(cache_root() / TINY_NAME, build, rebuild)

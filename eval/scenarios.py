@@ -97,8 +97,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("gsm8k", "open", 61, gsm8k("GSM8K", 61)),
         Scenario("bbq", "open", 61, bbq),
         # the hidden set (ranked in the hidden stage)
-        Scenario("sam_sum", "hidden", 1000, sam_sum("sam_sum", 1000),
-                 note="bias metrics (Stereotypes, Representation) are not computed"),
+        Scenario("sam_sum", "hidden", 1000, sam_sum("sam_sum", 1000)),
         Scenario("corr2cause", "hidden", 1000, hidden_mc("corr2cause", 1000, shots=1, copies=False)),
         Scenario("math", "hidden", sum(MATH_BUDGETS.values()), math_scenario),
         Scenario("summarization_cnndm", "hidden", 1000, cnn_dm, note="run by the judges, not ranked"),

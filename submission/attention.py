@@ -19,6 +19,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from submission.virtual_prefix import with_prefix
+
 NAME = "harness_sdpa"
 
 
@@ -33,6 +35,7 @@ def attention(
 ) -> tuple[torch.Tensor, None]:
     """query [batch, heads, tokens, dim], key and value [batch, kv heads, keys, dim]; returns the
     output as [batch, tokens, heads, dim], as transformers' attention functions do."""
+    key, value, attention_mask = with_prefix(module, key, value, attention_mask)  # a virtual-token adapter's
     grouped = key.shape[1] < query.shape[1]
     if not (grouped and query.shape[2] > 1 and query.device.type == "cpu"):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)

@@ -230,10 +230,10 @@ def advance(jobs: list[Job], logits: torch.Tensor, eos: set[int], texts: TokenTe
 
 def echo(job: Job, logits: torch.Tensor, tokenizer, special: set[int], texts: TokenTexts) -> None:
     """The prompt's tokens with their log-probabilities, from the logits of every prompt position.
-    Leading special tokens (BOS) are left out: their text is not in the prompt. Each token's
-    log-probability is conditioned on the tokens before it; a first token with nothing before it
-    (no BOS) gets 0.0 and no top list. The log-softmax runs over ECHO_CHUNK positions at a time, and
-    only the chosen and top values leave the device."""
+    Leading special tokens (BOS) are left out, their text not being in the prompt (but for
+    every_token). Each token's log-probability is conditioned on the tokens before it; a first token
+    with nothing before it gets 0.0 and no top list. The log-softmax runs over ECHO_CHUNK positions
+    at a time, and only the chosen and top values leave the device."""
     first = 0
     while not job.every_token and first < len(job.ids) - 1 and job.ids[first] in special:
         first += 1

@@ -17,8 +17,10 @@ refuses new requests instead of queueing them forever.
 
 Memory is bounded in bytes (memory.py): the batch in tokens (rows x the columns they may reach),
 the prefix cache and each prompt pass are sized at start from the device's free memory. Should
-the device still run out, the engine sheds the prefix cache, lowers the batch bound and computes
-the requests in hand again from their prompts, instead of failing them all.
+the device still run out (any out-of-memory-class error, recovery.py), the engine sheds the prefix
+cache, lowers the batch bound and computes the requests in hand again from their prompts, instead of
+failing them all; the bound climbs back once steps run calm and memory allows. `problem` says why the
+engine cannot serve (its worker stopped, or no progress for stall_s while requests wait): /health's 503.
 
 The rooms: admission.py (the waiting line, each step's intake, prompts planned into forward
 passes), batch_kv.py (the running batch's rows, states and layout), decoding.py (each request's
@@ -54,6 +56,7 @@ from submission.decoding import (
 )
 from submission.memory import free_bytes, plan
 from submission.prefix_cache import PrefixCache
+from submission.recovery import Progress, Regrowth, is_out_of_memory
 from submission.settings import Settings
 
 log = logging.getLogger("submission.engine")
@@ -107,6 +110,8 @@ class Engine:
         self.prefixes = PrefixCache(self.memory.prefix_cache_tokens)
         self.admission = Admission(settings, self.prefixes, self.memory.prefill_tokens)
         self.batch = Batch(self.device, settings.max_batch, self.memory.batch_tokens)
+        self.regrowth = Regrowth(self.memory.batch_tokens, self.memory.kv_bytes_per_token)
+        self.progress = Progress(settings.stall_s)
         self.texts = TokenTexts(tokenizer)
         self.cache_kwarg = cache_kwarg(model)
         self.steps = 0
@@ -141,6 +146,13 @@ class Engine:
     @property
     def alive(self) -> bool:
         return not self.stopped and self.worker.is_alive()
+
+    def problem(self) -> str | None:
+        """Why the engine cannot serve now, or None when it can."""
+        if not self.alive:
+            return "the engine's worker has stopped"
+        held = {id(job) for job in self._held()}  # a request being taken in may be in the batch already
+        return self.progress.stalled(self.admission.queue.qsize() + len(held))
 
     def submit(self, request: ProcessRequest, ids: list[int] | None = None, every_token: bool = False) -> Future:
         """Queue a request; the future's result is the response body (without request_time), or
@@ -179,6 +191,7 @@ class Engine:
                     f"the server is busy: {queued} requests are waiting (max_queue); retry shortly",
                     RETRY_AFTER_S,
                 )
+            self.progress.woke()  # before the worker can see the job: it may serve it and go idle at once
             self.admission.queue.put(job)
         return job.future
 
@@ -241,11 +254,15 @@ class Engine:
             middle = time.perf_counter()
             if self.batch.rows:
                 self._step()
+                self.batch.bound = self.regrowth.next_bound(self.batch.bound, self.device)
             self.timing["prompt_s"] += middle - begin
             self.timing["decode_s"] += time.perf_counter() - middle
-        except torch.OutOfMemoryError as error:
-            self._shed(error)
+            self.progress.advanced(idle=not self.batch.rows and not self.admission.waiting)
         except Exception as error:
+            self.progress.failed(error)
+            if is_out_of_memory(error):
+                self._shed(error)
+                return True
             log.exception("engine step failed")
             for job in self._held():
                 fail(job, error)
@@ -256,7 +273,7 @@ class Engine:
             self.admission.end_intake()
         return True
 
-    def _shed(self, error: torch.OutOfMemoryError) -> None:
+    def _shed(self, error: Exception) -> None:
         """Out of device memory: drop the prefix cache and the batch, lower the batch bound to
         SHED of what was in use, and queue the requests in hand again, first, from their prompts
         (a greedy or seeded answer comes out the same). Once the bound is down to one context,
@@ -273,6 +290,7 @@ class Engine:
                 fail(job, error)
             return
         self.batch.bound = max(self.context, int(SHED * min(self.batch_tokens, in_use)))
+        self.regrowth.shed()
         self.out_of_memory += 1
         log.warning(
             "out of memory with %d requests in hand: prefix cache dropped, batch bound now %d tokens;"

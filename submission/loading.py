@@ -4,7 +4,8 @@ of training, serving and evaluation).
 
 nf4 and int8 keep the adapter beside the quantized base (merging into quantized weights would
 re-quantize it); bf16, fp16 and fp32 merge it, so serving costs nothing extra. `auto` is bf16 (fp16
-on GPUs without bf16) on a GPU and fp32 on a CPU.
+on GPUs without bf16) on a GPU and fp32 on a CPU. A virtual-token adapter (prompt, P- or prefix
+tuning) has nothing to merge: its tokens become a fixed KV prefix of every row (virtual_prefix.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from core.models import load_trained
-from submission import attention
+from submission import attention, virtual_prefix
 from submission.settings import Settings
 
 
@@ -20,4 +21,6 @@ def load(settings: Settings) -> tuple[torch.nn.Module, object, str]:
     """Return (model in eval mode, tokenizer, the quantization used)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    return load_trained(settings.model, settings.adapter, settings.quant, attention.NAME)
+    model, tokenizer, quant = load_trained(settings.model, settings.adapter, settings.quant, attention.NAME,
+                                           keep_virtual=True)
+    return virtual_prefix.unwrap(model, settings.adapter), tokenizer, quant

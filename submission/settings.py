@@ -26,6 +26,7 @@ class Settings:
     max_top_k_per_token: int = 100
     max_queue: int = 256  # requests waiting for a batch row; past it new ones get 503 + Retry-After
     request_timeout_s: float = 600.0  # a request not served by then fails (504) and frees its row
+    stall_s: float = 120.0  # requests waiting and no progress for this long: /health answers 503
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default (one per core)
 
     def __post_init__(self) -> None:
@@ -43,8 +44,9 @@ class Settings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.batch_wait_ms < 0 or self.prefix_cache_tokens < 0 or self.threads < 0:
             raise ValueError("batch_wait_ms, prefix_cache_tokens and threads must not be negative")
-        if not 0 < self.request_timeout_s < math.inf:
-            raise ValueError(f"request_timeout_s must be a positive number, not {self.request_timeout_s}")
+        for name in ("request_timeout_s", "stall_s"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive number, not {getattr(self, name)}")
         if not math.isfinite(self.batch_wait_ms):
             raise ValueError(f"batch_wait_ms must be a number, not {self.batch_wait_ms}")
 

@@ -17,6 +17,8 @@ from typing import ClassVar
 
 import pytest
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 HADOLINT = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
 
@@ -61,14 +63,6 @@ def test_requirements_are_the_projects_dependencies():
 
 
 # --- the entry point and the judges' checks ----------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_api(url: str, *args: str) -> subprocess.CompletedProcess:

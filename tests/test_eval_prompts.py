@@ -145,8 +145,8 @@ def test_scoring_rules():
     assert utils.exact_match({"golds": ["C"]}, [" C\n\nQuestion"])["em"] == 0.0  # the client never cuts
     assert utils.exact_match({"golds": ["olleh", "hello"]}, ["hello "])["em"] == 1.0
     summary = "Omar will bring the snacks to the match tonight."
-    assert utils.rouge2({"gold": summary}, [summary])["rouge2"] == pytest.approx(1.0)
-    assert utils.rouge2({"gold": summary}, ["Completely unrelated words here."])["rouge2"] == 0.0
+    assert utils.rouge2({"gold": summary, "golds": [summary]}, [summary])["rouge2"] == pytest.approx(1.0)
+    assert utils.rouge2({"gold": summary, "golds": [summary]}, ["Completely unrelated words here."])["rouge2"] == 0.0
     solution = "So the sum is $\\boxed{\\dfrac{1}{2}}$."
     # The gold is the whole solution, as the MATH documents carry it (HELM's chain-of-thought reference).
     assert utils.math_equiv({"gold": solution}, ["thus \\boxed{\\frac{1}{2}}."])["equiv"] == 1.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -22,13 +21,7 @@ from eval.perturb import (
     match_case,
     perturbed,
 )
-
-GOLDEN = Path(__file__).parent / "fixtures" / "helm" / "perturb"
-
-
-def inputs() -> list[Instance]:
-    rows = [json.loads(line) for line in (GOLDEN / "inputs.jsonl").read_text().splitlines()]
-    return [Instance(r["question"], r["answer"], tuple(r["choices"]), id=f"id{n}") for n, r in enumerate(rows)]
+from tests.helpers import GOLDEN, inputs
 
 
 def golden() -> list[dict]:

@@ -17,8 +17,7 @@ from eval.adapters import Format, instructions_line
 from eval.client import ChallengeAPI
 from eval.runner import evaluate, helm_metrics
 from eval.task_spec import MC_GEN, TaskSpec, with_copies
-from tests.test_eval_client import GOOD, Handler
-from tests.test_perturb import GOLDEN, inputs
+from tests.helpers import GOLDEN, GOOD, Handler, inputs
 
 ORACLE = json.loads((GOLDEN / "oracle.json").read_text())
 FMT = Format(instructions=instructions_line("The following are multiple choice questions (with answers)."))

@@ -143,3 +143,12 @@ def test_the_images_model_fetcher_knows_every_embedded_model():
     spec.loader.exec_module(fetch_model)
     assert set(fetch_model.EMBEDDED_INSTALL) == set(BUILDERS)
     assert f"{smollm2.WHEEL}=={smollm2.VERSION}" in fetch_model.EMBEDDED_INSTALL[smollm2.EMBEDDED_ID]
+
+
+def test_the_plan_counts_its_tied_embeddings_once(smollm2_folder: Path):
+    from train.budget.plan import shape_of
+
+    shape = shape_of(smollm2.EMBEDDED_ID)
+    assert shape.tied and shape.layers == 30
+    norms = (2 * shape.layers + 1) * shape.hidden  # RMSNorm weights, which the plan leaves out
+    assert shape.linear_params() + shape.embedding_params() + norms == smollm2.PARAMETERS

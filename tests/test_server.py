@@ -8,22 +8,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from core.generated import TASKS
+from tests.helpers import body_strategy
 
 JUDGE_KEYS = (
     "prompt",
@@ -37,71 +32,11 @@ JUDGE_KEYS = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A server process; its log lands in a file shown when a test fails to start it."""
-
-    def __init__(self, command: list[str], env: dict[str, str], log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, *command, "--port", str(self.port)],
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
 @pytest.fixture(scope="session")
-def servers(tiny_model, tmp_path_factory):
-    """Two servers started together: `python -m submission` with every default (the embedded
-    tiny model, fp32 on a CPU), and `uvicorn submission.main:app` configured by environment
-    variables to serve the same model in 4-bit NF4."""
-    logs = tmp_path_factory.mktemp("server-logs")
-    # One torch thread each: two servers and this process share the CPUs.
-    default = Server(["-m", "submission", "--threads", "1"], {}, logs / "default.log")
-    nf4 = Server(
-        ["-m", "uvicorn", "submission.main:app", "--host", "127.0.0.1"],
-        {"HARNESS_MODEL": str(tiny_model), "HARNESS_QUANT": "nf4", "HARNESS_THREADS": "1"},
-        logs / "nf4.log",
-    )
-    try:
-        default.wait_ready()
-        nf4.wait_ready()
-        yield {"default": default, "nf4": nf4}
-    finally:
-        default.stop()
-        nf4.stop()
+def servers(default_server, nf4_server):
+    """Two servers (tests/conftest.py): `python -m submission` with every default (the embedded tiny
+    model, fp32 on a CPU), and `uvicorn submission.main:app` serving the same model in 4-bit NF4."""
+    return {"default": default_server, "nf4": nf4_server}
 
 
 @pytest.fixture(scope="session")
@@ -470,50 +405,6 @@ def test_nf4_server_answers_alone_and_batched_alike(nf4_client, servers):
 
 
 # ---- property-based fuzz from the OpenAPI schema -----------------------------------------
-
-JUNK = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70).filter(lambda n: not 0 <= n <= 2048),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=20),
-    st.lists(st.integers(min_value=-3, max_value=3), max_size=3),
-    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-)
-
-
-def value_strategy(prop: dict) -> st.SearchStrategy:
-    """Small valid-looking values of a schema property (small numbers keep generation short),
-    mixed with values of every other JSON type."""
-    kinds = [p for p in prop.get("anyOf", [prop]) if p.get("type") != "null"]
-    valid = []
-    for kind in kinds:
-        low = kind.get("minimum", kind.get("exclusiveMinimum", -2))
-        if kind.get("type") == "integer":
-            valid.append(st.integers(min_value=int(low) - 1, max_value=int(low) + 6))
-        elif kind.get("type") == "number":
-            valid.append(st.floats(min_value=low - 0.5, max_value=kind.get("maximum", 5.0) + 0.5))
-        elif kind.get("type") == "string":
-            valid.append(st.text(max_size=60))
-        elif kind.get("type") == "boolean":
-            valid.append(st.booleans())
-        elif kind.get("type") == "array" and kind["items"].get("type") == "string":
-            valid.append(st.lists(st.text(max_size=4), max_size=3))
-        elif kind.get("type") == "array":
-            valid.append(st.lists(st.integers(min_value=-2, max_value=1030), max_size=12))
-    return st.one_of(*valid, JUNK)
-
-
-def body_strategy(schema: dict, name: str) -> st.SearchStrategy:
-    model = schema[name]
-    properties = {key: value_strategy(prop) for key, prop in model["properties"].items()}
-    required = {key: properties.pop(key) for key in model.get("required", [])}
-    required = {key: st.one_of(s, st.just(None)) for key, s in required.items()}  # None: key left out
-    bodies = st.fixed_dictionaries(required, optional=properties).map(
-        lambda body: {k: v for k, v in body.items() if v is not None or k not in model.get("required", [])}
-    )
-    return st.one_of(bodies, JUNK)
-
 
 @pytest.mark.parametrize(
     ("path", "name"),

@@ -135,4 +135,4 @@ def test_cuda_defaults_to_bf16_autocast_and_tf32():
 
     assert autocast_dtype(parse_recipe({"data": DATA})) == torch.bfloat16
     enable_tf32()
-    assert not is_torch_tf32_available() or torch.backends.fp32_precision == "tf32"
+    assert not is_torch_tf32_available() or torch.get_float32_matmul_precision() == "high"

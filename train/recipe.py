@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.generated import TASKS
+from core.prompts import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS
 from core.tiny import EMBEDDED_ID
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_RECIPE = CONFIG_DIR / "tiny-cpu.toml"
+DEFAULT_RECIPE = CONFIG_DIR / "smollm2-cpu.toml"  # the main job: a real model on the CPU
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEMPLATES = ("alpaca", "completion")
 # Names of the judges' evaluation scenarios (challenge.md §3). A training source whose name contains
@@ -41,6 +42,7 @@ class ModelConfig:
     compute_dtype: str = "auto"  # auto: bf16 where supported, else fp32
     attention: str = "auto"  # auto: flash_attention_2 when installed on CUDA, else sdpa
     allow_unapproved: bool = False  # train a base model outside the approved families anyway
+    prompt_format: str = DEFAULT_PROMPT_FORMAT  # raw: the judges' prompts as sent | chat: the chat template (core/prompts.py)
 
 
 @dataclass
@@ -49,6 +51,31 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     targets: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+
+
+# peft's methods by what they change: the weights (merged into the served model) or the input
+# (virtual tokens every sequence starts with). [lora] holds the LoRA family's settings.
+LORA_FAMILY = ("lora", "dora", "rslora")
+VIRTUAL_TOKENS = ("prompt_tuning", "p_tuning", "prefix_tuning")
+PEFT_METHODS = LORA_FAMILY + ("ia3",) + VIRTUAL_TOKENS
+# The [peft] keys each method reads; a key set away from its default for another method is an error.
+METHOD_KEYS = {
+    "ia3": ("targets", "feedforward"),
+    "prompt_tuning": ("num_virtual_tokens", "init_text"),
+    "p_tuning": ("num_virtual_tokens", "encoder_hidden_size"),
+    "prefix_tuning": ("num_virtual_tokens", "encoder_hidden_size", "prefix_projection"),
+}
+
+
+@dataclass
+class PeftSettings:
+    method: str = "lora"  # lora | dora | rslora (with [lora]'s settings) | ia3 | prompt_tuning | p_tuning | prefix_tuning
+    targets: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])  # ia3: scaled projections
+    feedforward: list[str] = field(default_factory=lambda: ["down_proj"])  # ia3: of targets, those scaled at the input
+    num_virtual_tokens: int = 20  # prompt/p/prefix tuning: virtual tokens before every sequence
+    init_text: str = ""  # prompt_tuning: start the virtual tokens as this text's embeddings; empty: random
+    encoder_hidden_size: int = 128  # p_tuning: the prompt encoder's MLP; prefix_tuning: its projection's
+    prefix_projection: bool = False  # prefix_tuning: learn the prefix through an MLP (more parameters)
 
 
 @dataclass
@@ -114,6 +141,7 @@ class Recipe:
     allow_eval_overlap: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    peft: PeftSettings = field(default_factory=PeftSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     log: LogSettings = field(default_factory=LogSettings)
     curation: CurationSettings = field(default_factory=CurationSettings)
@@ -125,6 +153,8 @@ CHOICES = {
     "model.quantization": ("nf4", "none"),
     "model.compute_dtype": ("auto", "bf16", "fp16", "fp32"),
     "model.attention": ("auto", "sdpa", "eager", "flash_attention_2"),
+    "model.prompt_format": PROMPT_FORMATS,
+    "peft.method": PEFT_METHODS,
     "train.schedule": ("cosine", "linear", "constant"),
     "train.schedule_clock": ("budget", "steps"),
     "train.optimizer": ("paged_adamw_8bit", "adamw_8bit", "adamw"),
@@ -186,12 +216,28 @@ def parse_recipe(table: dict, source_file: str = "") -> Recipe:
     recipe = _build(Recipe, table, "recipe")
     recipe.data = [_build(DataSource, s, f"data[{i}]") for i, s in enumerate(sources)]
     recipe.source_file = source_file
+    _validate_method_keys(recipe)
     validate(recipe)
     return recipe
 
 
+def _validate_method_keys(recipe: Recipe) -> None:
+    """[peft] keys and [lora] apply to some methods only: one set (away from its default) for another
+    method is refused, so it cannot look as if it took effect. Defaults pass: a run folder's
+    recipe.toml lists every key."""
+    method = recipe.peft.method
+    defaults = PeftSettings()
+    for key in sorted({k for keys in METHOD_KEYS.values() for k in keys}):
+        if getattr(recipe.peft, key) != getattr(defaults, key) and key not in METHOD_KEYS.get(method, ()):
+            users = [m for m, keys in METHOD_KEYS.items() if key in keys]
+            raise RecipeError(f"peft.{key} applies to method {' / '.join(users)}, not to peft.method = {method!r}")
+    if method not in LORA_FAMILY and recipe.lora != LoraSettings():
+        raise RecipeError(f"[lora] sets the LoRA family's settings ({', '.join(LORA_FAMILY)}); "
+                          f"peft.method = {method!r} does not use them: remove [lora] or change peft.method")
+
+
 def load_recipe(path: Path | str | None = None) -> Recipe:
-    """Read and validate a recipe file (the embedded CPU default when path is None)."""
+    """Read and validate a recipe file (the CPU default, configs/smollm2-cpu.toml, when path is None)."""
     path = Path(path) if path else DEFAULT_RECIPE
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
@@ -235,11 +281,34 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError("train.schedule_clock = 'steps' needs train.max_steps")
     if not lora.targets:
         raise RecipeError("lora.targets is empty: name the projections to adapt")
+    _validate_peft(recipe)
     _validate_curation(recipe)
     if not recipe.data:
         raise RecipeError("no [[data]] sources: name at least one")
     for i, source in enumerate(recipe.data):
         _validate_source(recipe, source, f"data[{i}]")
+
+
+def _validate_peft(recipe: Recipe) -> None:
+    p, t = recipe.peft, recipe.train
+    if p.num_virtual_tokens <= 0 or p.encoder_hidden_size <= 0:
+        raise RecipeError("peft.num_virtual_tokens and peft.encoder_hidden_size must be positive, got "
+                          f"{p.num_virtual_tokens} and {p.encoder_hidden_size}")
+    if p.method == "ia3":
+        if not p.targets:
+            raise RecipeError("peft.targets is empty: name the projections IA3 scales")
+        if stray := sorted(set(p.feedforward) - set(p.targets)):
+            raise RecipeError(f"peft.feedforward: {', '.join(stray)} not in peft.targets")
+    if p.method in VIRTUAL_TOKENS:
+        if t.packing:  # virtual tokens open a row; a packed row's later examples would go without them
+            raise RecipeError(f"peft.method = {p.method!r} needs train.packing = false: every example must start "
+                              "with the virtual tokens, not only a packed row's first")
+        if p.num_virtual_tokens >= t.max_seq_len:
+            raise RecipeError(f"peft.num_virtual_tokens = {p.num_virtual_tokens} leaves no room in "
+                              f"train.max_seq_len = {t.max_seq_len}")
+    if p.method == "prefix_tuning" and t.gradient_checkpointing:
+        raise RecipeError("peft.method = 'prefix_tuning' needs train.gradient_checkpointing = false: peft's prefix "
+                          "tuning passes its prefix as a KV cache, which gradient checkpointing does not keep")
 
 
 def _validate_curation(recipe: Recipe) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.embedded import resolve_model_id
-from train.recipe import Recipe
+from train.recipe import LORA_FAMILY, VIRTUAL_TOKENS, Recipe
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Shape:
     heads: int
     kv_heads: int
     vocab: int
+    tied: bool = False  # the output head shares the input embeddings (SmolLM2)
 
     def proj_dims(self) -> dict[str, tuple[int, int]]:
         head = self.hidden // self.heads
@@ -34,7 +35,7 @@ class Shape:
         return self.layers * sum(a * b for a, b in self.proj_dims().values())
 
     def embedding_params(self) -> int:
-        return 2 * self.vocab * self.hidden  # input embeddings and the untied output head
+        return (1 if self.tied else 2) * self.vocab * self.hidden  # input embeddings and an untied output head
 
 
 KNOWN_SHAPES = {
@@ -61,7 +62,7 @@ def shape_of(model_id: str) -> Shape | None:
     try:
         return Shape(c["model_type"], c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
                      c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"],
-                     c["vocab_size"])
+                     c["vocab_size"], bool(c.get("tie_word_embeddings", False)))
     except KeyError:  # an architecture that names its sizes otherwise (GPT-J: n_embd, ...): shape unknown
         return None
 
@@ -69,6 +70,27 @@ def shape_of(model_id: str) -> Shape | None:
 def lora_params(shape: Shape, recipe: Recipe) -> int:
     dims = shape.proj_dims()
     return shape.layers * sum(recipe.lora.r * (a + b) for name, (a, b) in dims.items() if name in recipe.lora.targets)
+
+
+def trainable_params(shape: Shape, recipe: Recipe) -> int:
+    """The recipe's PEFT method's trainable parameters, as peft builds them (checked against
+    peft's own count on the tiny model by tests/test_peft_methods.py)."""
+    p, dims = recipe.peft, shape.proj_dims()
+    kv_columns = 2 * shape.layers * (shape.hidden // shape.heads * shape.kv_heads)  # keys and values of every layer
+    if p.method in ("lora", "rslora"):
+        return lora_params(shape, recipe)
+    if p.method == "dora":  # plus a magnitude per output feature of every adapted projection
+        return lora_params(shape, recipe) + shape.layers * sum(b for name, (_, b) in dims.items() if name in recipe.lora.targets)
+    if p.method == "ia3":  # one scale per output feature, per input feature for feed-forward targets
+        return shape.layers * sum(a if name in p.feedforward else b for name, (a, b) in dims.items() if name in p.targets)
+    n, h, e = p.num_virtual_tokens, shape.hidden, p.encoder_hidden_size
+    if p.method == "prompt_tuning":
+        return n * h
+    if p.method == "p_tuning":  # the embeddings and a three-layer MLP encoder
+        return n * h + (h * e + e) + (e * e + e) + (e * h + h)
+    if p.prefix_projection:  # embeddings through a two-layer MLP to every layer's keys and values
+        return n * h + (h * e + e) + (e * kv_columns + kv_columns)
+    return n * kv_columns
 
 
 @dataclass(frozen=True)
@@ -85,10 +107,10 @@ def activation_bytes(recipe: Recipe, on_gpu: bool) -> int:
 
 
 def optimizer_state_bytes(shape: Shape, recipe: Recipe) -> int:
-    """AdamW's two moments per LoRA parameter: one byte each in 8-bit (plus an fp32 absmax per 256-value
+    """AdamW's two moments per trainable parameter: one byte each in 8-bit (plus an fp32 absmax per 256-value
     block), four each in fp32."""
     per_param = 2 + 2 * 4 / 256 if recipe.train.optimizer.endswith("8bit") else 8
-    return round(lora_params(shape, recipe) * per_param)
+    return round(trainable_params(shape, recipe) * per_param)
 
 
 def paged_state_gib(recipe: Recipe) -> float | None:
@@ -118,7 +140,8 @@ def memory_terms(shape: Shape, recipe: Recipe, on_gpu: bool) -> list[MemoryTerm]
 
     m, t = recipe.model, recipe.train
     a = activation_bytes(recipe, on_gpu)
-    tokens = t.micro_batch_size * t.max_seq_len
+    virtual = recipe.peft.num_virtual_tokens if recipe.peft.method in VIRTUAL_TOKENS else 0
+    tokens = t.micro_batch_size * (t.max_seq_len + virtual)  # the virtual tokens run through every layer too
     h, i, layers = shape.hidden, shape.intermediate, shape.layers
     kv = h // shape.heads * shape.kv_heads
     if m.quantization == "nf4":
@@ -129,8 +152,8 @@ def memory_terms(shape: Shape, recipe: Recipe, on_gpu: bool) -> list[MemoryTerm]
     else:
         base = ("base weights", shape.linear_params() * 2.0, "bf16")
         embed = ("embeddings + lm_head", shape.embedding_params() * 2.0, "bf16")
-    n_lora = lora_params(shape, recipe)
-    in_dims = [a_in for name, (a_in, _) in shape.proj_dims().items() if name in recipe.lora.targets]
+    lora = recipe.peft.method in LORA_FAMILY
+    in_dims = [a_in for name, (a_in, _) in shape.proj_dims().items() if lora and name in recipe.lora.targets]
     lora_inputs = sum(in_dims) if recipe.lora.dropout > 0 else 0
     per_layer = (2 * 2 * h * 4  # two RMSNorms: fp32 input and output
                  + (2 * (h + 2 * kv) + 2 * h + 4 * i + lora_inputs + len(in_dims) * recipe.lora.r) * a)
@@ -143,7 +166,7 @@ def memory_terms(shape: Shape, recipe: Recipe, on_gpu: bool) -> list[MemoryTerm]
     paged = t.optimizer.startswith("paged")
     terms = [
         base, embed,
-        ("LoRA weights + grads", n_lora * 8.0, "fp32"),
+        (f"{'LoRA' if lora else recipe.peft.method} weights + grads", trainable_params(shape, recipe) * 8.0, "fp32"),
         ("optimizer state", optimizer_state_bytes(shape, recipe),
                    ("8-bit" if t.optimizer.endswith("8bit") else "fp32") + (", paged: outside the allocator" if paged else "")),
         kept, recomputed,
@@ -161,8 +184,7 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
         f"recipe      {recipe.name} ({recipe.source_file})",
         (f"model       {m.base} (quantization {m.quantization}, double quant {m.double_quant}, "
          f"compute {m.compute_dtype}, attention {m.attention})"),
-        (f"lora        r={recipe.lora.r} alpha={recipe.lora.alpha} dropout={recipe.lora.dropout} "
-         f"on {', '.join(recipe.lora.targets)}"),
+        method_line(recipe),
         (f"training    seq {t.max_seq_len}, micro-batch {t.micro_batch_size} x accum {t.grad_accum}, lr {t.lr} "
          f"{t.schedule} (floor {t.min_lr_ratio}, warmup {t.warmup_frac:.0%}), {t.optimizer}, "
          f"packing {t.packing}, NEFTune {t.neftune_alpha or 'off'}"),
@@ -179,7 +201,7 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
     total = shape.linear_params() + shape.embedding_params()
     size = f"{total / 1e9:.2f}B" if total >= 1e9 else f"{total / 1e6:.1f}M"
     lines.append(f"shape       {shape.model_type}: {size} parameters, "
-                 f"{lora_params(shape, recipe) / 1e6:.1f}M trainable (LoRA)")
+                 f"{trainable_params(shape, recipe):,} trainable ({recipe.peft.method})")
     lines += memory_lines(shape, recipe, track_name)
     if track_name in PEAK_TFLOPS:
         flops_per_token = 6 * total  # forward, recomputed forward, backward to the inputs (base weights are frozen)
@@ -191,6 +213,20 @@ def describe(recipe: Recipe, track_name: str, budget_s: float) -> str:
     else:
         lines.append(f"speed       not estimated on the {track_name} track (measured throughput shows in the progress bar)")
     return "\n".join(lines)
+
+
+def method_line(recipe: Recipe) -> str:
+    """The PEFT method and the settings it reads."""
+    p, lora = recipe.peft, recipe.lora
+    if p.method in LORA_FAMILY:
+        name = "lora" if p.method == "lora" else f"lora        {p.method}:"
+        return f"{name:11s} r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {', '.join(lora.targets)}"
+    if p.method == "ia3":
+        return f"peft        ia3 on {', '.join(p.targets)} (feed-forward: {', '.join(p.feedforward) or 'none'})"
+    extra = {"prompt_tuning": f"init {'text ' + repr(p.init_text) if p.init_text else 'random'}",
+             "p_tuning": f"MLP encoder {p.encoder_hidden_size}",
+             "prefix_tuning": f"projection {p.encoder_hidden_size if p.prefix_projection else 'off'}"}[p.method]
+    return f"peft        {p.method}: {p.num_virtual_tokens} virtual tokens, {extra}"
 
 
 def memory_lines(shape: Shape, recipe: Recipe, track_name: str) -> list[str]:
