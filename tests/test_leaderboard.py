@@ -311,13 +311,15 @@ def test_ctrl_c_during_a_run_keeps_the_finished_scenario_and_the_earlier_results
     Store(db).replace_entry("tuned", "local", EARLIER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     with Oracle(tmp_path, slow_after=3) as url:  # quick_mc's 3 requests at once, then a second each
-        # A child inherits the signal mask, and an in-process training test may have blocked SIGINT here.
-        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        run = subprocess.Popen([sys.executable, "-m", "eval", "run", "--server", url, "--name", "tuned",
-                                "--scenarios", "quick_mc,quick_qa,held_out", "--limit", "1", "--concurrency", "1",
-                                "--db", str(db), "--out", str(tmp_path / "out")],
+        # The child starts with Ctrl-C as a terminal gives it: a child inherits this test process's signal
+        # mask and ignored signals, which in-process training tests and libraries may have changed.
+        argv = ["eval", "run", "--server", url, "--name", "tuned", "--scenarios", "quick_mc,quick_qa,held_out",
+                "--limit", "1", "--concurrency", "1", "--db", str(db), "--out", str(tmp_path / "out")]
+        terminal_ctrl_c = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                           "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                           f"sys.argv = {argv!r}; runpy.run_module('eval', run_name='__main__')")
+        run = subprocess.Popen([sys.executable, "-c", terminal_ctrl_c],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         printed = []
         for line in run.stdout:  # until quick_qa has started
             printed.append(line)
@@ -329,7 +331,7 @@ def test_ctrl_c_during_a_run_keeps_the_finished_scenario_and_the_earlier_results
             time.sleep(0.05)
         run.send_signal(signal.SIGINT)  # what Ctrl-C sends
         printed.append(run.communicate(timeout=60)[0])
-    assert run.returncode != 0 and "KeyboardInterrupt" in "".join(printed)
+    assert run.returncode != 0 and "KeyboardInterrupt" in "".join(printed), "".join(printed)
     after = stored(db, "tuned")
     assert stored(db, "tuned", "partial_results")["Quick MC - EM"][2] == 3, "".join(printed)  # finished: recorded
     assert after["Quick QA - EM"] == ("quick_qa", 0.25, 99)  # interrupted: its earlier result stays
