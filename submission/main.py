@@ -37,7 +37,7 @@ from submission.api import (
 from submission.engine import Engine, InvalidRequest, RequestTimeout, Unavailable
 from submission.loading import load
 from submission.metrics import Metrics
-from submission.openai_api import ModelNotFound, Served, error_body, router, vllm_tokenize
+from submission.openai_api import Served, error_body, router, vllm_tokenize
 from submission.openai_schema import VllmTokenizeRequest, VllmTokenizeResponse
 from submission.serving import inline_if_small, settle
 from submission.settings import Settings
@@ -113,9 +113,8 @@ def failure(request: Request, status: int, detail, message: str, param: str | No
 
 @app.exception_handler(InvalidRequest)
 async def invalid_request(request: Request, error: InvalidRequest) -> JSONResponse:
-    status = 404 if isinstance(error, ModelNotFound) else 422
     detail = [{"loc": ["body", error.field], "msg": str(error), "type": "value_error"}]
-    return failure(request, status, detail, str(error), error.field)
+    return failure(request, 422, detail, str(error), error.field)
 
 
 @app.exception_handler(Unavailable)

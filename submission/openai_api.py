@@ -42,10 +42,6 @@ PLAIN_CHAT_TEMPLATE = (
 router = APIRouter()
 
 
-class ModelNotFound(InvalidRequest):
-    """A request named a model this server does not serve (404, like OpenAI's)."""
-
-
 @dataclass
 class Served:
     """What the OpenAI routes need: the engine, the model's name and a tokenizer of their own."""
@@ -63,7 +59,7 @@ class Served:
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.name:
-            raise ModelNotFound("model", f"the model {model!r} is not served here; this server serves {self.name!r}")
+            raise InvalidRequest("model", f"the model {model!r} is not served here; this server serves {self.name!r}")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens).input_ids
@@ -93,7 +89,7 @@ def served(request: Request) -> Served:
 
 def error_body(status: int, message: str, param: str | None) -> dict:
     """OpenAI's error shape."""
-    kind = {404: "not_found_error", 503: "service_unavailable", 504: "timeout"}.get(status, "invalid_request_error")
+    kind = {503: "service_unavailable", 504: "timeout"}.get(status, "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 

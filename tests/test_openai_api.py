@@ -150,7 +150,7 @@ def test_long_prompt_logprobs_are_computed_in_chunks_alike(client, reference):
         ({"prompt": []}, 400, "prompt"),
         ({"prompt": [3] * 2049}, 400, "prompt"),
         ({"prompt": ["a"] * 200, "n": 2}, 400, "prompt"),  # more than max_queue (256) requests at once
-        ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
+        ({"prompt": "x", "model": "gpt-4"}, 400, "model"),
         ({"max_tokens": 1}, 400, "prompt"),
     ],
 )
