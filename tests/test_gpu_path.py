@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -122,28 +123,24 @@ def test_tf32_is_set_through_the_api_every_reader_reads():
     assert proc.stdout.split() == ["high", "True", "tf32", "True"]
 
 
-def mem_available() -> int:
-    text = Path("/proc/meminfo").read_text()
-    line = next(line for line in text.splitlines() if line.startswith("MemAvailable:"))
-    return int(line.split()[1]) * 1024
-
-
 def test_the_servers_plan_reads_memory_after_releasing_what_loading_left():
-    """free_bytes releases before it reads: here a 1.5 GiB tensor held only by a reference cycle
-    (as a merge's discarded wrappers can be) is counted free. On CUDA the same call empties the
-    caching allocator, the gigabytes NF4 loading and merging leave there. Mutant: no gc.collect()
-    in free_bytes: it reads about 1.5 GiB less."""
+    """free_bytes releases before it reads: a 1.5 GiB tensor held only by a reference cycle (as a
+    merge's discarded wrappers can be) is freed by the time free_bytes has read the memory. On CUDA the
+    same call empties the caching allocator, the gigabytes NF4 loading and merging leave there. Watched
+    through the tensor itself, not the machine's free memory, which other processes move. Mutant: no
+    gc.collect() in free_bytes: the tensor is still alive."""
     from submission.memory import free_bytes
 
-    size = 3 * 2**29  # 1.5 GiB
     gc.disable()  # the cycle is freed by free_bytes, not by an automatic collection on the way
     try:
-        before = mem_available()
-        cycle: list = [torch.ones(size // 4, dtype=torch.float32)]
-        cycle.append(cycle)
-        del cycle
-        assert mem_available() < before - size // 2  # still held: only the cycle collector frees it
-        assert free_bytes(torch.device("cpu")) > before - size // 2
+        tensor = torch.ones(3 * 2**27, dtype=torch.float32)  # 1.5 GiB
+        alive = weakref.ref(tensor)
+        cycle: list = [tensor, None]
+        cycle[1] = cycle
+        del tensor, cycle
+        assert alive() is not None  # still held: only the cycle collector frees it
+        assert free_bytes(torch.device("cpu")) > 0
+        assert alive() is None
     finally:
         gc.enable()
 
