@@ -171,15 +171,20 @@ def test_kill_9_leaves_adapter_and_checkpoints_independent_and_is_recorded_as_ki
     assert ends == ["killed", "max_steps"]
 
 
-def test_a_signal_before_training_has_its_own_exit_code(tmp_path: Path):
-    proc, run, started = start(tmp_path, budget="5m")
-    wait_for(lambda: (run / "ledger.json").exists(), proc)  # the run has begun: loading the model
+def assert_a_signal_stops_it_before_training(proc, run: Path, started: float) -> None:
+    """SIGTERM before the first step: exit 6, no adapter, and the summary says why."""
     proc.send_signal(signal.SIGTERM)
     code, err, _ = finish(proc, started)
     assert code == 6, err
     assert "no adapter was saved" in err
     s = summary(run)
     assert s["stop_reason"] == "signal_before_training" and s["steps"] == 0 and s["adapter"] is None
+
+
+def test_a_signal_before_training_has_its_own_exit_code(tmp_path: Path):
+    proc, run, started = start(tmp_path, budget="5m")
+    wait_for(lambda: (run / "ledger.json").exists(), proc)  # the run has begun: loading the model
+    assert_a_signal_stops_it_before_training(proc, run, started)
 
 
 def test_a_signal_in_the_data_phase_ends_the_run_at_once(tmp_path: Path):
@@ -188,12 +193,7 @@ def test_a_signal_in_the_data_phase_ends_the_run_at_once(tmp_path: Path):
     hook = tmp_path / "hook"
     proc, run, started = start(tmp_path, budget="5m", env=hang_call(hook, "train.data.pipeline", "prepare", 1))
     wait_for(lambda: (hook / "hung").exists(), proc)
-    proc.send_signal(signal.SIGTERM)
-    code, err, _ = finish(proc, started)
-    assert code == 6, err
-    assert "no adapter was saved" in err
-    s = summary(run)
-    assert s["stop_reason"] == "signal_before_training" and s["steps"] == 0 and s["adapter"] is None
+    assert_a_signal_stops_it_before_training(proc, run, started)
 
 
 def test_max_steps_under_the_budget_clock_brings_the_rate_to_its_floor(tmp_path: Path):
