@@ -130,8 +130,10 @@ def test_decontaminate_and_dedup_train_on_exactly_the_clean_records(tmp_path: Pa
     planted = plant(tmp_path)
     recipe = load_recipe(write_recipe(tmp_path, f'dedup = "near"\ndecontaminate = true\neval_data = "{planted["root"]}"'))
     tokenizer = load_tokenizer(str(tiny_model))
-    batches, findings = prepare(recipe, tokenizer, report_dir=tmp_path / "run")
-    trained = sorted(tokenizer.decode(e.input_ids, skip_special_tokens=True) for row in batches.rows for e in row)
+    prepared = prepare(recipe, tokenizer, report=True)
+    prepared.write_report(tmp_path / "run")
+    findings = prepared.findings
+    trained = sorted(tokenizer.decode(e.input_ids, skip_special_tokens=True) for row in prepared.batches.rows for e in row)
     clean_b = [r for i, r in enumerate(planted["b"]) if i < 20 or i in (len(planted["b"]) - 2, len(planted["b"]) - 1)]
     expected = sorted(r["prompt"] + r["completion"] for r in planted["a"][:40] + clean_b)
     assert trained == expected

@@ -44,6 +44,7 @@ def test_a_budgeted_run_ends_inside_its_budget_with_an_adapter(tmp_path: Path, t
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, s["steps"] + 1))
     assert {"loss", "lr", "tokens_per_s", "step_time_s", "peak_mem_mib"} <= rows[-1].keys()
+    assert json.loads((run / "data_report.json").read_text())["mix"]["dropped"]  # prepared before the load, written here
     # The time-aware schedule: the rate falls towards its floor as the budget runs out.
     assert_loadable(run / "adapter", tiny_model)
     cosine = write_recipe(tmp_path / "c.toml", "min_lr_ratio = 0.1")

@@ -189,11 +189,15 @@ def test_a_signal_before_training_has_its_own_exit_code(tmp_path: Path):
 
 def test_a_signal_in_the_data_phase_ends_the_run_at_once(tmp_path: Path):
     # The data phase can take minutes (a data report over 200k records); a signal there must not wait
-    # for its end. Here it never ends: only acting on the signal at once can stop the run.
+    # for its end. Here it never ends: only acting on the signal at once can stop the run. The data
+    # phase comes before the run folder and the model: nothing is made, nothing saved.
     hook = tmp_path / "hook"
     proc, run, started = start(tmp_path, budget="5m", env=hang_call(hook, "train.data.pipeline", "prepare", 1))
     wait_for(lambda: (hook / "hung").exists(), proc)
-    assert_a_signal_stops_it_before_training(proc, run, started)
+    proc.send_signal(signal.SIGTERM)
+    code, err, _ = finish(proc, started)
+    assert code == 6 and "no adapter was saved" in err, err
+    assert not run.exists()
 
 
 def test_max_steps_under_the_budget_clock_brings_the_rate_to_its_floor(tmp_path: Path):
@@ -237,6 +241,12 @@ BAD_INPUTS = {  # file -> (content, what the error must name)
                      "fields.jsonl:2: record has no field 'completion'"),
     "eval": ('{"question": "a b", "answer": "c #### 7"}\n{"question": "a b"\n',
              "gsm_data_test:2: field '(line)': not JSON"),
+    # Read whole, these files are fine; what the run would make of them is not: found by the data
+    # phase, which runs before the model loads too.
+    "long.jsonl": (json.dumps({"prompt": "word " * 400, "completion": "b"}) + "\n",
+                   "data[0] (long.jsonl): no usable examples"),
+    "few.jsonl": ('{"prompt": "a", "completion": "b"}\n' * 2,
+                  "train.micro_batch_size: 4 rows per micro-batch, but the data makes only"),
 }
 
 
@@ -249,11 +259,12 @@ def test_a_bad_data_or_eval_data_file_is_refused_before_the_model_loads(tmp_path
     (eval_root / "gsm8k" / "gsm_data_test").write_text(content if bad == "eval" else "")
     source = "data.jsonl" if bad == "eval" else bad
     (tmp_path / source).write_text('{"prompt": "a", "completion": "b"}\n' * 8 if bad == "eval" else content)
-    recipe = write_recipe(tmp_path / "r.toml")
+    recipe = write_recipe(tmp_path / "r.toml", "packing = false")
     recipe.write_text(recipe.read_text().split("[[data]]")[0] + f'[[data]]\nkind = "json"\npath = "{source}"\n')
     run = tmp_path / "run"
     proc, _ = run_train("--config", str(recipe), "--output-dir", str(run), "--eval-data", str(eval_root),
                         "--max-steps", "1")
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert named in proc.stderr and str(tmp_path) in proc.stderr
+    assert named in proc.stderr
+    assert bad in ("long.jsonl", "few.jsonl") or str(tmp_path) in proc.stderr  # a file error names the full path
     assert not run.exists()  # refused before the run began: no folder, no ledger, no model loaded

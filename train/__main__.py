@@ -203,19 +203,24 @@ def start_run(args: argparse.Namespace, recipe, run_dir: Path | None, track, lim
 
 
 def read_inputs(recipe, team, resume_from: Path | None):
-    """Everything the run reads besides the model (and the checkpoint `resume_from`, read already),
-    read before the model loads, so that a bad file is exit 2 naming its path and line with nothing
-    else spent. Each rank reads the sources; rank 0 reads the evaluation data (its data report checks
-    contamination) and shares it, or the error it met."""
+    """The data phase whole, before the model loads: the sources and the evaluation data read,
+    curated, tokenized and batched, so that a bad file, or data that leaves nothing to train on, is
+    exit 2 naming its path, line or key with nothing else spent. Each rank prepares the same data (a
+    pure function of the recipe, the data and the evaluation data); rank 0 reads the evaluation data
+    and shares it (or the error it met), and builds the data report."""
+    from core.models import load_tokenizer
     from train.data.contamination import load_eval_sets
     from train.data.curation import eval_root_of
-    from train.data.pipeline import render_sources
-    from train.run.session import Inputs
+    from train.data.pipeline import prepare, render_sources
+    from train.run.session import Inputs, say
 
     started = time.monotonic()
+    if team.main:
+        say(f"data        reading and preparing {len(recipe.data)} source(s), before the model loads")
     rendered = render_sources(recipe)
     eval_data = team.decide(lambda: load_eval_sets(eval_root_of(recipe)))
-    return Inputs(rendered, eval_data, resume_from, time.monotonic() - started)
+    prepared = prepare(recipe, load_tokenizer(recipe.model.base), rendered, eval_data, report=team.main)
+    return Inputs(prepared, resume_from, time.monotonic() - started)
 
 
 def previous_budget(run_dir: Path, default: float) -> float:

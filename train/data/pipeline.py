@@ -7,6 +7,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.generated import TASKS
@@ -135,31 +136,43 @@ def build_examples(recipe: Recipe, tokenizer, findings: Findings | None = None) 
     return mixed
 
 
-def prepare(recipe: Recipe, tokenizer, report_dir: Path | None = None,
-            rendered: list[tuple[str, DataSource, list[tuple[str, str]]]] | None = None,
-            eval_data: tuple | None = None) -> tuple[Batches, Findings]:
-    """Batches for training, and what curation found. With `report_dir`, every check runs and the
-    data report is written there; any contamination found is a warning, never a refusal. `rendered`
-    and `eval_data`: the sources and evaluation data, where they were read (and checked) already."""
+@dataclass
+class Prepared:
+    """A run's data, ready before the model loads: batches, what curation found, and (rank 0's) the
+    data report, written into the run folder once that exists."""
+    batches: Batches
+    findings: Findings
+    report: dict | None
+
+    def write_report(self, folder: Path) -> None:
+        if self.report is not None:
+            data_report.write(self.report, folder, self.findings)
+
+
+def prepare(recipe: Recipe, tokenizer, rendered: list[tuple[str, DataSource, list[tuple[str, str]]]] | None = None,
+            eval_data: tuple | None = None, report: bool = False) -> Prepared:
+    """Batches for training, and what curation found. With `report`, every check runs and the data
+    report is built; any contamination found is a warning, never a refusal. `rendered` and `eval_data`:
+    the sources and evaluation data, where they were read (and checked) already. A recipe whose data
+    leaves nothing to train on is a RecipeError."""
     t = recipe.train
     started = time.monotonic()
-    findings = curate(recipe, tokenizer, rendered or render_sources(recipe), full=report_dir is not None,
-                      eval_data=eval_data)
+    findings = curate(recipe, tokenizer, rendered or render_sources(recipe), full=report, eval_data=eval_data)
     examples = build_examples(recipe, tokenizer, findings)
     rows = pack(examples, t.max_seq_len) if t.packing else [[e] for e in examples]
     if len(rows) < t.micro_batch_size:
-        raise RecipeError(f"only {len(rows)} rows of data for micro_batch_size {t.micro_batch_size}")
-    if report_dir is not None:
-        data_report.write(data_report.build(recipe, findings, time.monotonic() - started), report_dir, findings)
+        raise RecipeError(f"train.micro_batch_size: {t.micro_batch_size} rows per micro-batch, but the data "
+                          f"makes only {len(rows)} rows")
+    built = data_report.build(recipe, findings, time.monotonic() - started) if report else None
     warning = data_report.contamination_warning(findings)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    return Batches(rows, t.micro_batch_size, t.seed, tokenizer.pad_token_id, t.packing,
-                   t.max_seq_len if t.packing else None), findings
+    return Prepared(Batches(rows, t.micro_batch_size, t.seed, tokenizer.pad_token_id, t.packing,
+                            t.max_seq_len if t.packing else None), findings, built)
 
 
 def make_batches(recipe: Recipe, tokenizer) -> Batches:
-    return prepare(recipe, tokenizer)[0]
+    return prepare(recipe, tokenizer).batches
 
 
 def report_command(recipe: Recipe, output_dir: str | None) -> int:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from core.models import load_tokenizer
 from train import model as model_lib
 from train.budget.ledger import Ledger
 from train.budget.watchdog import (
@@ -69,10 +68,9 @@ class Limits:
 
 @dataclass
 class Inputs:
-    """What a run reads besides the model, read (so checked) before the model loads: a bad file is a
-    usage error that costs the check alone (train/__main__.py)."""
-    rendered: list  # train.data.pipeline.render_sources' answer
-    eval_data: tuple  # train.data.contamination.load_eval_sets' answer, rank 0's, shared
+    """What a run reads and prepares besides the model, done (so checked) before the model loads: bad
+    data is a usage error that costs the check alone (train/__main__.py read_inputs)."""
+    prepared: data.Prepared  # batches, curation's findings, rank 0's data report
     resume_from: Path | None  # the checkpoint a resume continues, rank 0's choice, shared
     seconds: float  # the reading's wall time, booked to the data phase
 
@@ -137,6 +135,7 @@ class TrainingRun:
                              world_size=self.team.size)
         self.ledger.add("startup", self.ledger.elapsed() - self.inputs.seconds)  # interpreter start and imports
         self.ledger.add("data", self.inputs.seconds)
+        self.inputs.prepared.write_report(self.run_dir)
         return self.ledger.left()
 
     # -- ending ---------------------------------------------------------------------------------
@@ -205,7 +204,6 @@ class TrainingRun:
         set_seed(self.recipe.train.seed)  # LoRA's initial weights, dropout: the same run twice gives the same adapter
         saved = None
         with self.ledger.phase("load"):
-            tokenizer = load_tokenizer(self.recipe.model.base)
             self.trained = model_lib.load_model(self.recipe, sharded=self.team.sharded)
             if self.inputs.resume_from:  # rank 0's choice: every rank reads the same one
                 saved = read_checkpoint(self.inputs.resume_from)
@@ -215,10 +213,8 @@ class TrainingRun:
             if saved:
                 self.team.load_optimizer_state(self.model, self.optimizer, saved.optimizer)
                 place_optimizer_state(self.optimizer)
-        with self.ledger.phase("data"):  # the data report is rank 0's
-            batches, findings = data.prepare(self.recipe, tokenizer, self.run_dir if self.team.main else None,
-                                             self.inputs.rendered, self.inputs.eval_data)
-            self.data_dropped = findings.dropped()
+        batches = self.inputs.prepared.batches
+        self.data_dropped = self.inputs.prepared.findings.dropped()
         self.training = True  # a signal before here has ended the run (on_signal)
         tokens, slots = batches.token_stats()
         self.say(f"data        {sum(len(r) for r in batches.rows)} examples in {len(batches.rows)} rows, "
