@@ -1,9 +1,9 @@
 """Wall time of the quick suite through the HTTP client at concurrency 1 vs 30, in the same run.
 
-    python bench/eval_concurrency.py [--server URL] [--scenarios A,B] [--limit N] [--low 1] [--high 30]
+    python bench/eval_concurrency.py [--server URL | --model ID] [--scenarios A,B] [--limit N] [--low 1] [--high 30]
 
-Without --server it starts the real server (python -m submission, the embedded tiny model) on a free
-127.0.0.1 port. Each setting runs the same lm-eval tasks through eval.client.ChallengeAPI, nothing is
+Without --server it starts the real server (python -m submission, --model or the embedded tiny model)
+on a free 127.0.0.1 port. Each setting runs the same lm-eval tasks through eval.client.ChallengeAPI, nothing is
 recorded in a results database, and the completions of both runs are compared (a server that batches
 greedy requests must answer the same). Prints both wall times and the speed-up ratio.
 """
@@ -28,10 +28,10 @@ from tests.helpers import free_port
 DEFAULT_SCENARIOS = [s.name for s in SCENARIOS.values() if s.suite == "quick"]
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(model: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "submission", "--host", "127.0.0.1", "--port", str(port),
-                             "--log-level", "warning"], env=os.environ.copy())
+                             "--log-level", "warning", *(["--model", model] if model else [])], env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):  # up to 120 s for the model to load
         try:
@@ -57,7 +57,8 @@ def run_suite(url: str, concurrency: int, scenarios: list[str], limit: int | Non
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--server", help="a running server (default: start the tiny one)")
+    parser.add_argument("--server", help="a running server (default: start one)")
+    parser.add_argument("--model", help="the model of the server started (default: the server's, the tiny one)")
     parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS))
     parser.add_argument("--limit", type=int, help="at most N instances per task")
     parser.add_argument("--low", type=int, default=1)
@@ -65,7 +66,9 @@ def main() -> int:
     args = parser.parse_args()
     quiet_lm_eval()
     scenarios = [s for s in args.scenarios.split(",") if s]
-    proc, url = (None, args.server) if args.server else start_server()
+    if args.server and args.model:
+        parser.error("--model names the server this script starts: leave it out with --server")
+    proc, url = (None, args.server) if args.server else start_server(args.model)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             run_suite(url, args.high, scenarios[:1], 1, Path(tmp))  # warm-up: first requests, caches
@@ -80,6 +83,8 @@ def main() -> int:
     print(f"concurrency {args.low:>2}: {low:7.1f} s")
     print(f"concurrency {args.high:>2}: {high:7.1f} s")
     print(f"speed-up {args.high} vs {args.low}: {low / high:.2f}x; identical completions: {same}/{len(low_out)}")
+    for a, b in [(a, b) for a, b in zip(low_out, high_out) if a != b][:10]:
+        print(f"  differs: {args.low}: {a!r}\n           {args.high}: {b!r}")
     return 0
 
 

@@ -50,17 +50,26 @@ def allocated_gib() -> float | None:
 # ---- the device ---------------------------------------------------------------------------------
 
 def measured_matmul_tflops(dtype: torch.dtype) -> float:
-    """Achieved matmul rate on this device (a reference beside the data-sheet peak)."""
-    size, repeats = (8192, 10) if on_cuda() else (512, 4)
+    """Achieved matmul rate on this device (a reference beside the data-sheet peak; on a CPU, the
+    peak itself): the best of a few square products, each size warmed up first."""
+    sizes, repeats = ((8192,), 10) if on_cuda() else ((1024, 2048), 3)
     dev = "cuda" if on_cuda() else "cpu"
-    a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
-    a @ b
-    sync()
-    started = time.perf_counter()
-    for _ in range(repeats):
+    best = 0.0
+    for size in sizes:
+        a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
         a @ b
-    sync()
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e12
+        sync()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            a @ b
+            sync()
+            best = max(best, 2 * size**3 / (time.perf_counter() - started) / 1e12)
+    return best
+
+
+def attention_flops(dims: dict, context: float) -> float:
+    """Forward FLOPs per token of attention's two products (QK^T and AV) over `context` keys."""
+    return 4 * dims["hidden_size"] * dims["num_hidden_layers"] * context
 
 
 def tf32_mode() -> dict:
@@ -105,11 +114,10 @@ def base_params(dims: dict) -> int:
 
 def flops_per_token(dims: dict, lora_params: int, examples: list[Example]) -> dict:
     """Model and hardware FLOPs per trained token (see gpu_check's docstring)."""
-    h, layers = dims["hidden_size"], dims["num_hidden_layers"]
     base = base_params(dims)
     lengths = [len(e.input_ids) for e in examples]
     mean_context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)  # keys a token attends to
-    attention = 4 * h * layers * mean_context  # QK^T and AV, forward
+    attention = attention_flops(dims, mean_context)
     model = 4 * base + 6 * lora_params + 3 * attention
     return {"base_params": base, "lora_params": lora_params, "mean_context": mean_context,
             "model_flops_per_token": model,

@@ -1,7 +1,9 @@
-"""Shared fixtures: every test runs on the embedded tiny model, built once per session, and the tests
-that need a plain server share one started once per session."""
+"""Shared fixtures: every test runs on the embedded tiny model, built once per session; the tests that
+need a plain server share one started once per session, and the tests that resume a reference
+training run share that run."""
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,3 +43,37 @@ def nf4_server(tiny_model, tmp_path_factory) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+# ---- training runs that several tests start from (each test works on its own copy) ----------------------
+
+SAVING_EVERY_STEP = 'checkpoint_every = "0.01s"'  # a checkpoint after every step: the newest two are kept
+
+
+@pytest.fixture(scope="session")
+def six_steps_with_dropout(tmp_path_factory) -> tuple[Path, Path]:
+    """(recipe, run) of an uninterrupted 6-step run with LoRA dropout on (so the RNG state matters):
+    the reference a resumed run must reach bit for bit."""
+    from tests.helpers import run_train, write_recipe
+
+    folder = tmp_path_factory.mktemp("six-steps")
+    recipe = write_recipe(folder / "r.toml", SAVING_EVERY_STEP, "[lora]\ndropout = 0.1")
+    proc, _ = run_train("--config", str(recipe), "--output-dir", str(folder / "run"), "--max-steps", "6")
+    assert proc.returncode == 0, proc.stderr
+    return recipe, folder / "run"
+
+
+@pytest.fixture(scope="session")
+def killed_run(tmp_path_factory) -> Path:
+    """A run of a 60 s budget ended by kill -9 once its second checkpoint exists (no summary, its
+    ledger's attempt unfinished). Tests resume copies of it (`copy_run`)."""
+    from tests.helpers import REPO, train_cmd, wait_for, write_recipe
+
+    folder = tmp_path_factory.mktemp("killed")
+    run = folder / "run"
+    proc = subprocess.Popen(train_cmd("--config", str(write_recipe(folder / "r.toml", SAVING_EVERY_STEP)),
+                                      "--budget", "60s", "--output-dir", str(run)), cwd=REPO, stderr=subprocess.DEVNULL)
+    wait_for(lambda: (run / "checkpoints" / "step-0000002").exists(), proc)
+    proc.kill()
+    proc.wait()
+    return run

@@ -36,6 +36,33 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def assert_loadable(adapter: Path, tiny_model: Path) -> None:
+    """The adapter loads onto the base with PEFT and holds LoRA weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, adapter)
+    assert any("lora_" in n for n, _ in model.named_parameters())
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll `condition` (an event: a file, a checkpoint) while the process lives."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    """A run folder copied whole (a shared reference run stays untouched by the test that resumes it)."""
+    import shutil
+
+    shutil.copytree(run, to, symlinks=True)
+    return to
+
+
 def write_recipe(path: Path, extra_train: str = "", extra: str = "") -> Path:
     """A small recipe on the embedded model: short rows, a constant rate, two generated tasks."""
     path.write_text(f"""
@@ -220,6 +247,23 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
         self.wfile.write(raw)
+
+
+def partial_entry(db: Path, name: str) -> dict[str, tuple[float, int]]:
+    """An entry's partial results (eval/store.py keeps a --limit run apart from the ranked ones):
+    metric -> (value, instances)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        # --limit: a partial run, recorded apart from the ranked results (eval/store.py)
+        found = conn.execute("SELECT metric, value, instances FROM partial_results WHERE entry = ?", (name,))
+        return {metric: (value, n) for metric, value, n in found}
+
+
+def completions(out: Path, scenario: str) -> dict[tuple[str, int], str]:
+    """(task, doc_id) -> the completion a run wrote in its samples file."""
+    lines = (out / f"{scenario}_samples.jsonl").read_text().splitlines()
+    return {(s["task"], s["doc_id"]): s["resps"][0][0] for s in map(json.loads, lines)}
 
 
 def request(prompt: str, doc_id: int = 0, doc: dict | None = None, **gen):

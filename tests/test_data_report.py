@@ -93,6 +93,7 @@ def test_normalisation_is_lm_evals() -> None:
     assert words(text) == Janitor().normalize_string(text).split()
 
 
+@pytest.mark.slow  # the CLI's report
 def test_report_finds_the_planted_cases_and_only_them(tmp_path: Path) -> None:
     planted = plant(tmp_path)
     out = tmp_path / "report"

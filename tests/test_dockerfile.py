@@ -70,6 +70,7 @@ def check_api(url: str, *args: str) -> subprocess.CompletedProcess:
                           check=False, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a server process
 def test_uvicorn_main_app_as_the_image_runs_it_passes_the_judges_checks(tiny_model, tmp_path):
     """The image's CMD (`uvicorn main:app`, host and port from UVICORN_* as the Dockerfile sets
     them) from a folder holding only the main.py shim, checked by the script the container check uses."""
@@ -128,6 +129,7 @@ def fetch(phase: str, cwd: Path, models: Path, model: str, adapter: str = "") ->
                           check=False, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # builds a model
 def test_fetch_model_builds_the_embedded_model_and_uses_a_context_adapter_in_place(tmp_path):
     context = tmp_path / "context"
     adapter = context / "runs" / "x" / "adapter"
@@ -183,6 +185,7 @@ def test_training_image_default_command_runs_where_cuda_is_visible():
     assert (REPO / args.config).is_file() and args.output_dir.startswith("/out/")
 
 
+@pytest.mark.slow  # CLI processes
 def test_training_image_default_command_passes_the_clis_own_checks(tmp_path):
     """The same arguments through the real CLI (a dry run plans a GPU track without a GPU)."""
     from tests.helpers import run_train

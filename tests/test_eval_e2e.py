@@ -6,6 +6,8 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from eval.__main__ import main as cli
 from eval.scenarios import SCENARIOS
 from tests.helpers import free_port
@@ -29,6 +31,7 @@ def completions(out: Path, scenario: str) -> dict[tuple[str, int], str]:
     return {(s["task"], s["doc_id"]): s["resps"][0][0] for s in map(json.loads, lines)}
 
 
+@pytest.mark.slow  # a served model through the whole suite
 def test_quick_suite_over_http_then_leaderboard(default_server, tiny_model, tmp_path, capsys):
     """The served model and the same model in-process answer every request alike and score alike; both
     rank; the served entry's smoke runs are shown apart. Fails if the server's greedy decoding drifts from

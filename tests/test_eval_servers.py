@@ -1,8 +1,6 @@
 """`eval run --server URL1,URL2`: the requests of one entry spread over several servers, with the results of one."""
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -11,7 +9,7 @@ import pytest
 
 from eval.__main__ import main as cli
 from eval.client import ChallengeAPI, ServerError, server_urls
-from tests.helpers import GOOD, Handler, Server, request
+from tests.helpers import GOOD, Handler, Server, completions, partial_entry, request
 
 SCENARIOS = "quick_mc,quick_qa"
 LIMIT = 3
@@ -89,18 +87,6 @@ def two_servers(default_server, tmp_path_factory):
         second.stop()
 
 
-def entry(db, name: str) -> dict[str, tuple[float, int]]:
-    with sqlite3.connect(db) as conn:
-        # --limit: a partial run, recorded apart from the ranked results (eval/store.py)
-        found = conn.execute("SELECT metric, value, instances FROM partial_results WHERE entry = ?", (name,))
-        return {metric: (value, n) for metric, value, n in found}
-
-
-def completions(out, scenario: str) -> dict[tuple[str, int], str]:
-    lines = (out / f"{scenario}_samples.jsonl").read_text().splitlines()
-    return {(s["task"], s["doc_id"]): s["resps"][0][0] for s in map(json.loads, lines)}
-
-
 def test_two_real_servers_give_the_results_of_one(two_servers, tmp_path):
     """The same entry served twice: the run over both records what the run over one records."""
     db = tmp_path / "results.sqlite"
@@ -108,6 +94,6 @@ def test_two_real_servers_give_the_results_of_one(two_servers, tmp_path):
     for name, servers in runs.items():
         assert cli(["run", "--server", servers, "--name", name, "--scenarios", SCENARIOS, "--limit", str(LIMIT),
                     "--db", str(db), "--out", str(tmp_path / name)]) == 0
-    assert entry(db, "both") == entry(db, "one") and entry(db, "one")
+    assert partial_entry(db, "both") == partial_entry(db, "one") and partial_entry(db, "one")
     for scenario in SCENARIOS.split(","):
         assert completions(tmp_path / "both", scenario) == completions(tmp_path / "one", scenario)

@@ -110,7 +110,8 @@ def test_eval_run_over_the_openai_api_records_the_competition_apis_results(defau
     """`python -m eval run --api openai`: the judges' scenarios through /v1/completions give the same
     completions and metrics as through /process (both greedy, both cut at the stop sequences)."""
     from eval.__main__ import main as cli
-    from tests.test_eval_servers import SCENARIOS, completions, entry
+    from tests.helpers import completions, partial_entry
+    from tests.test_eval_servers import SCENARIOS
 
     def served(route: str) -> float:  # requests the server answered on a route (its /metrics)
         text = httpx.get(default_server.url + "/metrics").text
@@ -123,7 +124,7 @@ def test_eval_run_over_the_openai_api_records_the_competition_apis_results(defau
         assert cli(["run", "--server", default_server.url, *api, "--name", name, "--scenarios", SCENARIOS,
                     "--limit", "3", "--db", str(db), "--out", str(tmp_path / name)]) == 0
         assert served(route) > before  # the run spoke the API it was told to
-    assert entry(db, "openai") == entry(db, "challenge") and entry(db, "openai")
+    assert partial_entry(db, "openai") == partial_entry(db, "challenge") and partial_entry(db, "openai")
     for scenario in SCENARIOS.split(","):
         assert completions(tmp_path / "openai", scenario) == completions(tmp_path / "challenge", scenario)
 

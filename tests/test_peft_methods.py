@@ -180,6 +180,7 @@ def forward_greedy(model, tokenizer, prompt: str, tokens: int) -> tuple[str, lis
     return tokenizer.decode(ids[0, start:]), logprobs
 
 
+@pytest.mark.slow  # a training run per method
 @pytest.mark.parametrize("method", VIRTUAL_TOKENS)
 def test_virtual_tokens_are_served_as_a_kv_prefix(method, tiny_model, tokenizer, tmp_path):
     torch.manual_seed(2)
@@ -217,6 +218,7 @@ def test_virtual_tokens_are_served_as_a_kv_prefix(method, tiny_model, tokenizer,
 # --- a budgeted run that resumes ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real runs of the CLI
 def test_prefix_tuning_runs_under_the_budget_and_resumes(tmp_path):
     recipe = write_recipe(tmp_path / "recipe.toml", extra_train="packing = false\ngradient_checkpointing = false",
                           extra='[peft]\nmethod = "prefix_tuning"\nnum_virtual_tokens = 4')

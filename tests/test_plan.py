@@ -93,6 +93,7 @@ def test_bigger_rows_and_no_checkpointing_grow_the_plan(tmp_path):
     assert total(fp32) > total(base)
 
 
+@pytest.mark.slow  # CLI processes
 def test_dry_run_prints_every_term():
     proc = subprocess.run([sys.executable, "-m", "train", "--config", "configs/mistral-7b-qlora-4090.toml",
                            "--track", "rtx4090-24gb", "--dry-run"], cwd=ROOT, capture_output=True, text=True,

@@ -17,7 +17,7 @@ from core import smollm2
 from core.embedded import resolve_model_id
 from tests.helpers import REPO, Server, run_train
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]  # the real model: loads of 135M parameters
 
 
 @pytest.fixture(scope="module")

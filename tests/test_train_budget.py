@@ -10,17 +10,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
 
-from tests.helpers import REPO, hang_at_step, run_train, summary, train_cmd, write_recipe
+from tests.helpers import (
+    REPO,
+    assert_loadable,
+    copy_run,
+    hang_at_step,
+    run_train,
+    summary,
+    train_cmd,
+    wait_for,
+    write_recipe,
+)
 from train.run.schedule import lr_factor
 
-
-def assert_loadable(adapter: Path, tiny_model: Path) -> None:
-    base = AutoModelForCausalLM.from_pretrained(tiny_model)
-    model = PeftModel.from_pretrained(base, adapter)
-    assert any("lora_" in n for n, _ in model.named_parameters())
+# Real budgeted runs of the CLI; their assertions read the budget's clock, so a parallel suite runs them one
+# at a time (and with the other deadline tests: test_train_faults, test_train_ranks).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deadline")]
 
 
 def test_schedule_peaks_after_warmup_and_ends_at_its_floor():
@@ -34,8 +40,9 @@ def test_schedule_peaks_after_warmup_and_ends_at_its_floor():
 
 def test_a_budgeted_run_ends_inside_its_budget_with_an_adapter(tmp_path: Path, tiny_model: Path):
     run = tmp_path / "run"
-    proc, wall = run_train("--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "30s",
-                           "--output-dir", str(run))
+    recipe = write_recipe(tmp_path / "r.toml", "min_lr_ratio = 0.1")
+    recipe.write_text(recipe.read_text().replace('schedule = "constant"', 'schedule = "cosine"'))
+    proc, wall = run_train("--config", str(recipe), "--budget", "30s", "--output-dir", str(run))
     assert proc.returncode == 0, proc.stderr
     s = summary(run)
     assert s["stop_reason"] == "budget" and s["overshoot_s"] == 0.0
@@ -45,15 +52,9 @@ def test_a_budgeted_run_ends_inside_its_budget_with_an_adapter(tmp_path: Path, t
     assert [r["step"] for r in rows] == list(range(1, s["steps"] + 1))
     assert {"loss", "lr", "tokens_per_s", "step_time_s", "peak_mem_mib"} <= rows[-1].keys()
     assert json.loads((run / "data_report.json").read_text())["mix"]["dropped"]  # prepared before the load, written here
-    # The time-aware schedule: the rate falls towards its floor as the budget runs out.
-    assert_loadable(run / "adapter", tiny_model)
-    cosine = write_recipe(tmp_path / "c.toml", "min_lr_ratio = 0.1")
-    cosine.write_text(cosine.read_text().replace('schedule = "constant"', 'schedule = "cosine"'))
-    run2 = tmp_path / "run2"
-    proc, _ = run_train("--config", str(cosine), "--budget", "25s", "--output-dir", str(run2))
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in (run2 / "metrics.jsonl").read_text().splitlines()]
+    # The time-aware schedule: the rate falls towards its floor (0.1 x 1e-3) as the budget runs out.
     assert rows[-1]["lr"] < 0.3 * 1e-3 and max(r["lr"] for r in rows) > 0.8 * 1e-3
+    assert_loadable(run / "adapter", tiny_model)
 
 
 def test_a_hung_step_is_ended_hard_inside_the_budget(tmp_path: Path, tiny_model: Path):
@@ -93,15 +94,8 @@ def test_sigterm_stops_gracefully_with_a_checkpoint_and_a_second_signal_hard(tmp
     assert_loadable(hung / "adapter", tiny_model)
 
 
-def test_kill_9_then_resume_continues_the_same_budget(tmp_path: Path, tiny_model: Path):
-    run = tmp_path / "run"
-    recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "2s"')
-    proc = subprocess.Popen(train_cmd("--config", str(recipe), "--budget", "60s", "--output-dir", str(run)),
-                            cwd=REPO, stderr=subprocess.DEVNULL)
-    wait_for(lambda: len(list((run / "checkpoints").glob("step-*"))) >= 2, proc)
-    time.sleep(1.5)
-    proc.kill()
-    proc.wait()
+def test_kill_9_then_resume_continues_the_same_budget(killed_run: Path, tmp_path: Path, tiny_model: Path):
+    run = copy_run(killed_run, tmp_path / "run")  # a 60 s run killed after its second checkpoint
     first = json.loads((run / "ledger.json").read_text())["attempts"][0]["seconds"]
     assert first > 5
     resumed, wall = run_train("--resume", str(run))
@@ -114,12 +108,11 @@ def test_kill_9_then_resume_continues_the_same_budget(tmp_path: Path, tiny_model
     assert_loadable(run / "adapter", tiny_model)
 
 
-def test_resumed_run_reaches_the_same_weights_as_an_uninterrupted_one(tmp_path: Path):
+def test_resumed_run_reaches_the_same_weights_as_an_uninterrupted_one(six_steps_with_dropout, tmp_path: Path):
     # LoRA dropout on: the restored RNG state must give the same dropout masks.
-    recipe = write_recipe(tmp_path / "r.toml", "max_steps = 6", "[lora]\ndropout = 0.1")
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    assert run_train("--config", str(recipe), "--output-dir", str(whole), "--budget", "5m")[0].returncode == 0
-    first, _ = run_train("--config", str(recipe), "--output-dir", str(split), "--budget", "5m", "--max-steps", "3")
+    recipe, whole = six_steps_with_dropout
+    split = tmp_path / "split"
+    first, _ = run_train("--config", str(recipe), "--output-dir", str(split), "--max-steps", "3")
     assert first.returncode == 0 and summary(split)["steps"] == 3
     second, _ = run_train("--resume", str(split), "--max-steps", "6")
     assert second.returncode == 0, second.stderr
@@ -159,11 +152,3 @@ def test_an_unapproved_base_model_is_refused_unless_overridden(tmp_path: Path):
     proc, _ = run_train("--config", str(recipe), "--output-dir", str(tmp_path / "run"), "--allow-unapproved-model")
     assert proc.returncode == 0, proc.stderr
     assert "breaks the competition rules" in proc.stderr
-
-
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, "the run ended early"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)

@@ -21,9 +21,20 @@ import torch
 from safetensors.torch import load_file
 
 from core.rules import load_rules
-from tests.helpers import REPO, hang_call, run_train, summary, train_cmd, write_recipe
-from tests.test_train_budget import assert_loadable, wait_for
+from tests.helpers import (
+    REPO,
+    assert_loadable,
+    copy_run,
+    hang_call,
+    run_train,
+    summary,
+    train_cmd,
+    wait_for,
+    write_recipe,
+)
 from train.run.schedule import lr_factor
+
+pytestmark = pytest.mark.slow  # real runs of the CLI under injected faults
 
 BUDGET_S = 30
 
@@ -47,6 +58,7 @@ def finish(proc: subprocess.Popen, started: float) -> tuple[int, str, float]:
     return proc.returncode, err, time.monotonic() - started
 
 
+@pytest.mark.xdist_group("deadline")  # budget-clock assertions: one at a time when the suite runs in parallel
 def test_a_ledger_write_that_raises_does_not_stop_the_watchdog(tmp_path: Path, tiny_model: Path):
     proc, run, started = start(tmp_path)
     wait_for(lambda: (run / "adapter").exists(), proc)
@@ -63,6 +75,7 @@ def test_a_ledger_write_that_raises_does_not_stop_the_watchdog(tmp_path: Path, t
     assert_loadable(run / "adapter", tiny_model)
 
 
+@pytest.mark.xdist_group("deadline")  # budget-clock assertions: one at a time when the suite runs in parallel
 def test_the_run_folder_removed_mid_run(tmp_path: Path, tiny_model: Path):
     proc, run, started = start(tmp_path)
     wait_for(lambda: (run / "checkpoints" / "step-0000001").exists(), proc)
@@ -93,6 +106,7 @@ os.replace, os.rename = _hang_when_triggered(os.replace), _hang_when_triggered(o
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
 
 
+@pytest.mark.xdist_group("deadline")  # budget-clock assertions: one at a time when the suite runs in parallel
 def test_a_hanging_filesystem_cannot_keep_the_run_past_its_deadline(tmp_path: Path, tiny_model: Path):
     trigger = tmp_path / "hang-now"
     proc, run, started = start(tmp_path, env=hanging_renames(tmp_path / "hook", trigger))
@@ -104,10 +118,11 @@ def test_a_hanging_filesystem_cannot_keep_the_run_past_its_deadline(tmp_path: Pa
     assert_loadable(run / "adapter", tiny_model)  # a hung swap never began: the last adapter stands
 
 
-def test_resume_falls_back_from_a_damaged_newest_checkpoint_without_repeating_metrics(tmp_path: Path):
-    recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "0.01s"', "[lora]\ndropout = 0.1")
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    assert run_train("--config", str(recipe), "--output-dir", str(whole), "--max-steps", "6")[0].returncode == 0
+@pytest.mark.xdist_group("deadline")  # on the worker that makes the shared reference run for test_train_budget
+def test_resume_falls_back_from_a_damaged_newest_checkpoint_without_repeating_metrics(six_steps_with_dropout,
+                                                                                       tmp_path: Path):
+    recipe, whole = six_steps_with_dropout  # a checkpoint after every step, LoRA dropout on
+    split = tmp_path / "split"
     first, _ = run_train("--config", str(recipe), "--output-dir", str(split), "--max-steps", "3")
     assert first.returncode == 0, first.stderr
     assert [p.name for p in sorted((split / "checkpoints").iterdir())] == ["step-0000002", "step-0000003"]
@@ -143,15 +158,10 @@ def cut_in_place(path: Path) -> None:
         f.truncate(path.stat().st_size // 2)
 
 
-def test_kill_9_leaves_adapter_and_checkpoints_independent_and_is_recorded_as_killed(tmp_path: Path,
+@pytest.mark.xdist_group("deadline")  # on the worker that makes the shared reference run for test_train_budget
+def test_kill_9_leaves_adapter_and_checkpoints_independent_and_is_recorded_as_killed(killed_run: Path, tmp_path: Path,
                                                                                       tiny_model: Path):
-    run = tmp_path / "run"
-    recipe = write_recipe(tmp_path / "r.toml", 'checkpoint_every = "0.01s"')
-    proc = subprocess.Popen(train_cmd("--config", str(recipe), "--output-dir", str(run)),
-                            cwd=REPO, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (run / "checkpoints" / "step-0000002").exists(), proc)
-    proc.kill()
-    proc.wait()
+    run = copy_run(killed_run, tmp_path / "run")  # killed after its second checkpoint, one saved every step
     # adapter/ holds a checkpoint's adapter, but as files of its own: damage to either spares the other.
     checkpoints = sorted((run / "checkpoints").glob("step-*"))
     for checkpoint in checkpoints:
@@ -163,7 +173,8 @@ def test_kill_9_leaves_adapter_and_checkpoints_independent_and_is_recorded_as_ki
     cut_in_place(run / "adapter" / "adapter_model.safetensors")
     for checkpoint in checkpoints:
         load_file(checkpoint / "adapter" / "adapter_model.safetensors")
-    resumed, _ = run_train("--resume", str(run), "--max-steps", "2")
+    newest = int(checkpoints[-1].name.removeprefix("step-"))
+    resumed, _ = run_train("--resume", str(run), "--max-steps", str(newest + 1))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed     from {checkpoints[-1].name}" in resumed.stderr and "damaged" not in resumed.stderr
     assert_loadable(run / "adapter", tiny_model)  # the resumed checkpoint's, published again

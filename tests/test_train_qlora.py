@@ -39,6 +39,7 @@ def test_base_layers_are_nf4_and_only_lora_trains(tiny_model):
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
+@pytest.mark.slow  # many training steps
 def test_loss_falls_on_a_fixed_batch(tiny_model, tokenizer):
     r = recipe(lr=3e-3, optimizer="paged_adamw_8bit")
     torch.manual_seed(0)

@@ -14,8 +14,9 @@ import psutil
 import pytest
 import torch
 
-from tests.helpers import REPO, hang_at_step, launch_cmd, run_train, summary, write_recipe
-from tests.test_train_budget import wait_for
+from tests.helpers import REPO, hang_at_step, launch_cmd, run_train, summary, wait_for, write_recipe
+
+pytestmark = pytest.mark.slow  # real multi-process runs
 
 # Exact recipe: no dropout, a constant rate, fp32 AdamW; the losses then agree to float rounding.
 EXACT = "[lora]\ndropout = 0.0"
@@ -86,13 +87,50 @@ def test_two_processes_take_the_steps_of_one_accumulating_twice_and_resume_on_on
     assert summary(shared)["steps"] == 6 and len(json.loads((shared / "ledger.json").read_text())["attempts"]) == 2
 
 
+# Another rank's watchdog ends its own process only as a backstop, half a lead after rank 0's hard stop.
+# Loaded into the test's processes (sitecustomize), this takes the backstop away, so that only rank 0's
+# hard stop, posted in the launcher's store (train/run/ranks.py PeerWatch), can end the other rank.
+NO_FOLLOWER_BACKSTOP = """
+import importlib.abc, importlib.machinery, sys
+
+class NoBackstop(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "train.budget.watchdog":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            init = module.Watchdog.__init__
+
+            def without_backstop(self, *args, **kwargs):
+                init(self, *args, **kwargs)
+                if not self.decides:
+                    self.hard_lead_s = float("-inf")
+
+            module.Watchdog.__init__ = without_backstop
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, NoBackstop())
+"""
+
+
+@pytest.mark.xdist_group("deadline")  # budget-clock assertions: one at a time when the suite runs in parallel
 def test_a_hard_stop_ends_every_rank_inside_the_budget(tmp_path: Path, reap: list):
-    run = tmp_path / "run"
+    """Every rank hangs in step 3; rank 0's watchdog ends the run at the deadline and the other rank
+    ends with it through the shared store (exit 3), its own backstop taken away: without the store's
+    message it would end only when it finds rank 0 gone (exit 7), after the peer timeout."""
+    run, hook = tmp_path / "run", tmp_path / "hook"
+    env = hang_at_step(hook, 3)  # every rank hangs there
+    (hook / "sitecustomize.py").write_text((hook / "sitecustomize.py").read_text() + NO_FOLLOWER_BACKSTOP)
     started = time.monotonic()
     launcher = subprocess.Popen(launch_cmd(2, "--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "40s",
                                            "--output-dir", str(run)),
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, **hang_at_step(tmp_path / "hook", 3)})  # every rank hangs there
+                                env={**os.environ, **env})
     ranks = ranks_of(launcher, reap)
     ended = {}
     psutil.wait_procs(list(ranks.values()), timeout=120,
@@ -167,6 +205,7 @@ def test_fsdp_qlora_on_two_gpus_takes_the_steps_of_one_gpu_accumulating_twice(tm
     assert (sharded / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.xdist_group("deadline")  # budget-clock assertions: one at a time when the suite runs in parallel
 def test_a_hung_rank_is_found_by_its_silence_and_ends_the_run(tmp_path: Path, reap: list):
     # A stopped process keeps its sockets open, so rank 0's collective just waits (as NCCL waits for a
     # dead GPU peer): only the heartbeats in the launcher's store tell it the rank is gone.

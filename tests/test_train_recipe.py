@@ -58,6 +58,7 @@ def test_shipped_recipes_validate_and_round_trip(name, tmp_path: Path):
     assert again == recipe
 
 
+@pytest.mark.slow  # CLI processes
 def test_cli_reports_a_bad_recipe_with_exit_2(tmp_path: Path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[train]\nlr = "fast"\n[[data]]\nkind = "generated"\nname = "mc_arith"\n')
@@ -66,6 +67,7 @@ def test_cli_reports_a_bad_recipe_with_exit_2(tmp_path: Path):
     assert "train.lr: expected float, got str" in proc.stderr
 
 
+@pytest.mark.slow  # the real model's shape
 def test_dry_run_of_the_real_recipe_prints_the_plan():
     # A plan may name a GPU track on this CPU machine; a real run may not.
     proc, _ = run_train("--config", "configs/mistral-7b-qlora-4090.toml", "--track", "rtx4090-24gb", "--dry-run")
