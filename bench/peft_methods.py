@@ -94,8 +94,8 @@ def serve_and_score(base: str, adapter: str | None, records: dict[str, list[dict
                     score: bool = True) -> dict:
     """Exact match of the served model's greedy answers (all requests at once, so batched; with
     `score`), and its generated tokens/s on the same work for every adapter: THROUGHPUT_ROWS prose
-    prompts, up to THROUGHPUT_TOKENS new tokens each, no stop sequence (a tuned model's one-token
-    answers would make the figure one of prompt processing)."""
+    prompts, THROUGHPUT_TOKENS new tokens each, no stop sequence and end-of-sequence ignored (a tuned
+    model's one-token answers would make the figure one of prompt processing)."""
     from submission.api import ProcessRequest
     from submission.engine import Engine
     from submission.loading import load
@@ -109,6 +109,7 @@ def serve_and_score(base: str, adapter: str | None, records: dict[str, list[dict
         answers = [f.result(timeout=600) for f in [
             engine.submit(ProcessRequest(prompt=r["prompt"], max_new_tokens=8, temperature=0.0, stop_sequences=["\n"]))
             for r in everything]] if score else []
+        engine.eos = set()  # decode past end-of-sequence: every adapter does the same work (a tuned model stops early)
         started = time.perf_counter()
         timed = [f.result(timeout=600) for f in [
             engine.submit(ProcessRequest(prompt=prompt, max_new_tokens=THROUGHPUT_TOKENS, temperature=0.0))
