@@ -1,4 +1,5 @@
-"""One training run from start to summary: limits, run folder, ledger, watchdog, load, data, loop, save.
+"""One training run from start to summary: limits, run folder, ledger, watchdog, load, loop, save (its
+data prepared before the load: train/__main__.py read_inputs).
 
 Run folder (`--output-dir`, default runs/<recipe name>):
   recipe.toml      the resolved recipe (every default filled in)
