@@ -38,8 +38,7 @@ from gpu_figures import (  # bench/ is on sys.path
 )
 
 from core.models import compute_dtype, load_base_config, load_tokenizer, load_trained
-from train.data.packing import pack
-from train.data.pipeline import build_examples, make_batches
+from train.data.pipeline import make_batches
 from train.model import load_model, make_optimizer
 from train.recipe import load_recipe
 from train.run.loop import autocast_dtype, train_step
@@ -51,11 +50,10 @@ def time_training(recipe, dims: dict, steps: int) -> dict:
     optimizer = make_optimizer(recipe, model)
     lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     t = recipe.train
+    batches = make_batches(recipe, tokenizer)
     # FLOPs per token from the examples as the rows hold them (a packed row's examples attend within themselves).
-    examples = build_examples(recipe, tokenizer)
-    rows = pack(examples, t.max_seq_len) if t.packing else [[e] for e in examples]
-    flops = flops_per_token(dims, lora, [e for row in rows for e in row])
-    stream = make_batches(recipe, tokenizer).from_position(0)
+    flops = flops_per_token(dims, lora, [e for row in batches.rows for e in row])
+    stream = batches.from_position(0)
     autocast = autocast_dtype(recipe)
     model.train()
     tokens, seconds = 0, 0.0

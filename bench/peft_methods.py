@@ -34,13 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.generated import TASKS
-from train.recipe import PEFT_METHODS, VIRTUAL_TOKENS
+from train.recipe import LORA_FAMILY, PEFT_METHODS, VIRTUAL_TOKENS
 
 TRAIN_TASKS = {"mc_largest": 1.0, "mc_arith": 1.0, "mc_next_letter": 1.0, "arith_qa": 1.0,
                "count_letter_qa": 1.0, "reverse_word_qa": 0.5}  # configs/tiny-cpu.toml's mix
 HELD_OUT = [name for name, task in TASKS.items() if task.held_out]
 EVAL_SEED = 1000
-LORA_FAMILY = ("lora", "dora", "rslora")
 OTHERS_LR = 3e-2  # IA3 and the virtual-token methods
 
 
