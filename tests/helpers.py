@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -144,47 +145,68 @@ def launch_cmd(processes: int, *args: str, config: str = "cpu-gloo.yaml", track:
             "-m", "train", "--track", track, *args]
 
 
-HANG_HOOK = """
-import importlib.abc, importlib.machinery, sys, time
+def site_hook(folder: Path, code: str) -> dict:
+    """Environment for a child process (or each rank of a launch) that runs `code` as it starts: a
+    sitecustomize.py on the child's PYTHONPATH only, so production code carries no test hook. Hooks
+    written to one folder add up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    site = folder / "sitecustomize.py"
+    site.write_text((site.read_text() if site.exists() else "") + textwrap.dedent(code))
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
 
-class Hang(importlib.abc.MetaPathFinder):
-    # Wraps {module}.{function} as the module loads: its call number {call} never returns.
+
+PATCH_ON_IMPORT = """
+import importlib.abc, importlib.machinery, sys
+
+class PatchOnImport(importlib.abc.MetaPathFinder):
+    def __init__(self, name, patch):
+        self.name, self.patch = name, patch
+
     def find_spec(self, name, path=None, target=None):
-        if name != {module!r}:
+        if name != self.name:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         load = spec.loader.exec_module
 
         def exec_module(module):
             load(module)
-            real, calls = module.{function}, []
-
-            def hung(*args, **kwargs):
-                calls.append(None)
-                if len(calls) == {call}:
-                    open({marker!r}, "w").close()
-                    while True:
-                        time.sleep(3600)
-                return real(*args, **kwargs)
-
-            module.{function} = hung
+            self.patch(module)
 
         spec.loader.exec_module = exec_module
         return spec
 
-sys.meta_path.insert(0, Hang())
+sys.meta_path.insert(0, PatchOnImport({module!r}, patch))
+"""
+
+
+def patch_on_import(folder: Path, module: str, patch: str) -> dict:
+    """site_hook environment in which `patch`, the source of a function `patch(module)`, runs on
+    `module` as soon as it has loaded, before any other module takes a name from it (one patch per module)."""
+    return site_hook(folder, textwrap.dedent(patch) + PATCH_ON_IMPORT.format(module=module))
+
+
+HANG = """
+import time
+
+def patch(module, calls=[]):
+    real = module.{function}
+
+    def hung(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == {call}:
+            open({marker!r}, "w").close()
+            while True:
+                time.sleep(3600)
+        return real(*args, **kwargs)
+
+    module.{function} = hung
 """
 
 
 def hang_call(folder: Path, module: str, function: str, call: int) -> dict:
-    """Environment for a training child (or each rank of a launch) in which call number `call` of
-    `module.function` never returns, like a kernel or a read that hangs: a sitecustomize.py on the
-    child's PYTHONPATH only, so production code carries no test hook. `folder`/hung appears when the
-    call begins to hang."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(HANG_HOOK.format(module=module, function=function, call=call,
-                                                              marker=str(folder / "hung")))
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    """Environment in which call number `call` of `module.function` never returns, like a kernel or a
+    read that hangs. `folder`/hung appears when the call begins to hang."""
+    return patch_on_import(folder, module, HANG.format(function=function, call=call, marker=str(folder / "hung")))
 
 
 def hang_at_step(folder: Path, step: int) -> dict:

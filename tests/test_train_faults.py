@@ -3,8 +3,8 @@ survives a damaged checkpoint, a crash is recorded, and the limits are limits.
 
 Faults are injected from outside the process: the run folder removed, a file replaced by a folder, a
 file cut in place, and, for a write or a phase that hangs, a sitecustomize.py put on the child's
-PYTHONPATH only (`hanging_renames` here: os.replace/os.rename sleep once a trigger file exists;
-tests/helpers.hang_call: one call of a function never returns).
+PYTHONPATH only (tests/helpers.site_hook; `hanging_renames` here: os.replace/os.rename sleep once a
+trigger file exists; tests/helpers.hang_call: one call of a function never returns).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from tests.helpers import (
     copy_run,
     hang_call,
     run_train,
+    site_hook,
     summary,
     train_cmd,
     wait_for,
@@ -92,8 +93,7 @@ def test_the_run_folder_removed_mid_run(tmp_path: Path, tiny_model: Path):
 def hanging_renames(folder: Path, trigger: Path) -> dict:
     """Environment for a child whose os.replace and os.rename hang for good once `trigger` exists,
     like a write to a filesystem that stopped answering."""
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(f"""
+    return site_hook(folder, f"""
 import os, time
 def _hang_when_triggered(real):
     def call(*args, **kwargs):
@@ -103,7 +103,6 @@ def _hang_when_triggered(real):
     return call
 os.replace, os.rename = _hang_when_triggered(os.replace), _hang_when_triggered(os.rename)
 """)
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.mark.xdist_group("deadline")  # budget-clock assertions: one at a time when the suite runs in parallel
@@ -232,15 +231,12 @@ def test_the_cpu_track_hides_cuda_devices(tmp_path: Path):
     assert not hide_gpus(tracks["a100-40gb"], env) and env["CUDA_VISIBLE_DEVICES"] == "0"
     # The CLI itself: what CUDA_VISIBLE_DEVICES the training process ended with (a device of "cpu" alone
     # proves nothing on a machine without CUDA). Fails if train/__main__.py stops calling hide_gpus.
-    hook, seen = tmp_path / "hook", tmp_path / "cuda_visible_devices"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        f"import atexit, os\natexit.register(lambda: open({str(seen)!r}, 'w').write("
-        "os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')))\n")
+    seen = tmp_path / "cuda_visible_devices"
+    hook = site_hook(tmp_path / "hook", f"import atexit, os\natexit.register(lambda: open({str(seen)!r}, 'w').write("
+                                        "os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')))\n")
     run = tmp_path / "run"
     proc, _ = run_train("--config", str(write_recipe(tmp_path / "r.toml")), "--track", "cpu", "--output-dir", str(run),
-                        "--max-steps", "1", env={"CUDA_VISIBLE_DEVICES": "0", "PYTHONPATH": os.pathsep.join(
-                            filter(None, [str(hook), os.environ.get("PYTHONPATH")]))})
+                        "--max-steps", "1", env={"CUDA_VISIBLE_DEVICES": "0", **hook})
     assert proc.returncode == 0, proc.stderr
     assert seen.read_text() == "" and summary(run)["device"] == "cpu"
 

@@ -14,7 +14,16 @@ import psutil
 import pytest
 import torch
 
-from tests.helpers import REPO, hang_at_step, launch_cmd, run_train, summary, wait_for, write_recipe
+from tests.helpers import (
+    REPO,
+    hang_at_step,
+    launch_cmd,
+    patch_on_import,
+    run_train,
+    summary,
+    wait_for,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.slow  # real multi-process runs
 
@@ -88,33 +97,18 @@ def test_two_processes_take_the_steps_of_one_accumulating_twice_and_resume_on_on
 
 
 # Another rank's watchdog ends its own process only as a backstop, half a lead after rank 0's hard stop.
-# Loaded into the test's processes (sitecustomize), this takes the backstop away, so that only rank 0's
-# hard stop, posted in the launcher's store (train/run/ranks.py PeerWatch), can end the other rank.
+# Patched into the test's processes, this takes the backstop away, so that only rank 0's hard stop,
+# posted in the launcher's store (train/run/ranks.py PeerWatch), can end the other rank.
 NO_FOLLOWER_BACKSTOP = """
-import importlib.abc, importlib.machinery, sys
+def patch(module):
+    init = module.Watchdog.__init__
 
-class NoBackstop(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name != "train.budget.watchdog":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        load = spec.loader.exec_module
+    def without_backstop(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if not self.decides:
+            self.hard_lead_s = float("-inf")
 
-        def exec_module(module):
-            load(module)
-            init = module.Watchdog.__init__
-
-            def without_backstop(self, *args, **kwargs):
-                init(self, *args, **kwargs)
-                if not self.decides:
-                    self.hard_lead_s = float("-inf")
-
-            module.Watchdog.__init__ = without_backstop
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, NoBackstop())
+    module.Watchdog.__init__ = without_backstop
 """
 
 
@@ -124,8 +118,8 @@ def test_a_hard_stop_ends_every_rank_inside_the_budget(tmp_path: Path, reap: lis
     ends with it through the shared store (exit 3), its own backstop taken away: without the store's
     message it would end only when it finds rank 0 gone (exit 7), after the peer timeout."""
     run, hook = tmp_path / "run", tmp_path / "hook"
-    env = hang_at_step(hook, 3)  # every rank hangs there
-    (hook / "sitecustomize.py").write_text((hook / "sitecustomize.py").read_text() + NO_FOLLOWER_BACKSTOP)
+    hang_at_step(hook, 3)  # every rank hangs there
+    env = patch_on_import(hook, "train.budget.watchdog", NO_FOLLOWER_BACKSTOP)
     started = time.monotonic()
     launcher = subprocess.Popen(launch_cmd(2, "--config", str(write_recipe(tmp_path / "r.toml")), "--budget", "40s",
                                            "--output-dir", str(run)),

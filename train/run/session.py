@@ -22,8 +22,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from transformers import set_seed
-
 from train import model as model_lib
 from train.budget.ledger import Ledger
 from train.budget.watchdog import (
@@ -202,6 +200,10 @@ class TrainingRun:
                  f"{self.ledger.left():.0f}s left" + (f" after {len(self.ledger.attempts) - 1} earlier attempt(s)"
                                                     if self.resume else "")
                  + (f"\nprocesses   {self.team.describe()}" if self.team.distributed else ""))
+        # transformers' set_seed imports peft and bitsandbytes (seconds on a CPU): only here, where the model
+        # loads, so that refusals of the recipe, the data or the launch come before that cost.
+        from transformers import set_seed
+
         set_seed(self.recipe.train.seed)  # LoRA's initial weights, dropout: the same run twice gives the same adapter
         saved = None
         with self.ledger.phase("load"):
