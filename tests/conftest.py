@@ -3,13 +3,30 @@ need a plain server share one started once per session, and the tests that resum
 training run share that run."""
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.helpers import Server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Every process of the suite (xdist workers, the training runs and servers they start) computes on
+    # one thread: with a pool of one thread per core in each, the processes sharing the cores spin
+    # against each other (two tiny training runs side by side on 2 cores: 34 s of steps each, 11 s with one
+    # thread each). Children inherit the variable; the worker itself already holds torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # xdist hands out tests in collection order (after the largest group, "deadline"): the slow ones
+    # first, so that the quick ones fill the workers' ends instead of one long test ending the run alone.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import lm_eval
 import pytest
-import torch
 from lm_eval.tasks import TaskManager
 
 TOLERANCE = 1e-4
@@ -46,7 +45,6 @@ def task_manager(task_folder) -> TaskManager:
 
 def evaluate(task_manager: TaskManager, model, model_args: dict | None = None) -> tuple[dict, list]:
     """lm-eval's accuracies and, per document, each option's (loglikelihood, is_greedy)."""
-    torch.set_num_threads(1)  # the server needs the other core
     output = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=["tiny_mc"],
                                      task_manager=task_manager, log_samples=True, bootstrap_iters=0)
     rows = sorted(output["samples"]["tiny_mc"], key=lambda row: row["doc_id"])

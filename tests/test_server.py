@@ -56,7 +56,6 @@ def reference(tiny_model):
     """The served model, loaded here: the ground truth for greedy answers and log-probabilities."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(1)  # the servers need the other cores
     return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
 
 

@@ -35,7 +35,6 @@ LONG = "word " * 10  # greedy on the tiny model: 1500 tokens without an EOS
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model):
-    torch.set_num_threads(1)  # other tests and helpers share the cores
     model, tokenizer, _ = load(Settings(model=str(tiny_model)))
     return model, tokenizer
 

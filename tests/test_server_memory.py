@@ -95,7 +95,6 @@ def test_a_card_too_small_for_one_request_is_refused_with_the_reason():
 def test_out_of_memory_sheds_the_cache_and_computes_the_requests_again(tiny_model, monkeypatch):
     """A forward pass over several rows runs out of memory once: the prefix cache is dropped,
     the batch bound lowered, and every request in hand is served, as it would be alone."""
-    torch.set_num_threads(1)
     model, tokenizer, _ = load(Settings(model=str(tiny_model)))
     head = "Answer each question with one word.\n\n" + "".join(
         f"Q: item {i}?\nA: thing {i}\n\n" for i in range(8)

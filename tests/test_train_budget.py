@@ -54,8 +54,10 @@ def test_a_budgeted_run_ends_inside_its_budget_with_an_adapter(tmp_path: Path, t
     assert [r["step"] for r in rows] == list(range(1, s["steps"] + 1))
     assert {"loss", "lr", "tokens_per_s", "step_time_s", "peak_mem_mib"} <= rows[-1].keys()
     assert json.loads((run / "data_report.json").read_text())["mix"]["dropped"]  # prepared before the load, written here
-    # The time-aware schedule: the rate falls towards its floor (0.1 x 1e-3) as the budget runs out.
-    assert rows[-1]["lr"] < 0.3 * 1e-3 and max(r["lr"] for r in rows) > 0.8 * 1e-3
+    # The time-aware schedule: the rate starts at its peak and falls towards its floor (0.1 x 1e-3) as the
+    # budget runs out, the last step past the window's middle. The window's end moves with how long steps
+    # take (a loaded machine stops it earlier), so no tighter bound on the last rate.
+    assert rows[0]["lr"] > 0.8 * 1e-3 and rows[-1]["lr"] < 0.55 * 1e-3
     assert_loadable(run / "adapter", tiny_model)
 
 
