@@ -108,10 +108,11 @@ def serve_and_score(base: str, adapter: str | None, records: dict[str, list[dict
         answers = [f.result(timeout=600) for f in [
             engine.submit(ProcessRequest(prompt=r["prompt"], max_new_tokens=8, temperature=0.0, stop_sequences=["\n"]))
             for r in everything]] if score else []
-        engine.eos = set()  # decode past end-of-sequence: every adapter does the same work (a tuned model stops early)
         started = time.perf_counter()
         timed = [f.result(timeout=600) for f in [
-            engine.submit(ProcessRequest(prompt=prompt, max_new_tokens=THROUGHPUT_TOKENS, temperature=0.0))
+            # past end-of-sequence: every adapter does the same work (a tuned model stops early)
+            engine.submit(ProcessRequest(prompt=prompt, max_new_tokens=THROUGHPUT_TOKENS, temperature=0.0),
+                          ignore_eos=True)
             for prompt in prose_prompts(THROUGHPUT_ROWS)]]
         seconds = time.perf_counter() - started
     finally:

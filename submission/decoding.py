@@ -185,6 +185,7 @@ class Job:
     # The OpenAI API's token lists: every prompt token echoed (BOS too), and a generated EOS kept as
     # a token, so that the lists line up with the token ids; the body also says why generation ended.
     every_token: bool = False
+    ignore_eos: bool = False  # vLLM's extension: an end-of-sequence token is generated like any other
     future: Future = field(default_factory=Future)
     echoed: list[dict] = field(default_factory=list)  # prompt tokens, when echo_prompt
     uncached: int = 0  # prompt tokens the prefix cache did not hold on arrival
@@ -212,7 +213,7 @@ def advance(jobs: list[Job], logits: torch.Tensor, eos: set[int], texts: TokenTe
         done = job.generated >= job.max_new_tokens
         if not done:
             token = greedy[i] if job.sampler.greedy else job.sampler.choose(logits[i])
-            job.hit_eos = token in eos
+            job.hit_eos = token in eos and not job.ignore_eos
             done = job.hit_eos and not job.every_token
         if not done:
             k = job.top_k_per_token

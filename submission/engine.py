@@ -154,11 +154,12 @@ class Engine:
         held = {id(job) for job in self._held()}  # a request being taken in may be in the batch already
         return self.progress.stalled(self.admission.queue.qsize() + len(held))
 
-    def submit(self, request: ProcessRequest, ids: list[int] | None = None, every_token: bool = False) -> Future:
+    def submit(self, request: ProcessRequest, ids: list[int] | None = None, every_token: bool = False,
+               ignore_eos: bool = False) -> Future:
         """Queue a request; the future's result is the response body (without request_time), or
         RequestTimeout. Raises InvalidRequest, or Unavailable when the queue is full or the
         worker has stopped. `ids`: the prompt already as token ids (the OpenAI API's token prompts);
-        `every_token`: the OpenAI API's token lists (see decoding.Job)."""
+        `every_token`: the OpenAI API's token lists; `ignore_eos`: generate past end-of-sequence (see decoding.Job)."""
         limit = min(self.settings.max_top_k_per_token, self.vocab)
         if request.top_k_per_token > limit:
             raise InvalidRequest(
@@ -178,7 +179,7 @@ class Engine:
             raise InvalidRequest(
                 "prompt", f"the prompt is {len(ids)} tokens; the context holds {self.context}"
             )
-        job = self._job(request, ids, time.monotonic() + self.settings.request_timeout_s, every_token)
+        job = self._job(request, ids, time.monotonic() + self.settings.request_timeout_s, every_token, ignore_eos)
         if job.max_new_tokens == 0 and not job.echo:
             job.future.set_result(response(job))
             return job.future
@@ -195,7 +196,8 @@ class Engine:
             self.admission.queue.put(job)
         return job.future
 
-    def _job(self, request: ProcessRequest, ids: list[int], deadline: float, every_token: bool = False) -> Job:
+    def _job(self, request: ProcessRequest, ids: list[int], deadline: float, every_token: bool = False,
+             ignore_eos: bool = False) -> Job:
         return Job(
             request=request,
             ids=ids,
@@ -205,6 +207,7 @@ class Engine:
             top_k_per_token=request.top_k_per_token,
             echo=bool(request.echo_prompt),
             every_token=every_token,
+            ignore_eos=ignore_eos,
             completion=Completion(
                 Detokenizer(self.tokenizer, ids), [s for s in request.stop_sequences or [] if s]
             ),
@@ -299,7 +302,7 @@ class Engine:
             self.batch_tokens,
         )
         for job in reversed(jobs):
-            again = self._job(job.request, job.ids, job.deadline, job.every_token)
+            again = self._job(job.request, job.ids, job.deadline, job.every_token, job.ignore_eos)
             again.future, again.uncached = job.future, len(job.ids)  # the cache is empty
             self.admission.waiting.appendleft(again)
 

@@ -129,7 +129,8 @@ async def run(s: Served, body: Sampling, prompts: list[list[int]], max_tokens: i
         for ids in prompts:
             room = engine.context - len(ids) if max_tokens is None else max_tokens
             for choice in range(body.n):
-                futures.append(engine.submit(engine_request(body, room, echo, top, choice), ids, every_token=True))
+                futures.append(engine.submit(engine_request(body, room, echo, top, choice), ids, every_token=True,
+                                             ignore_eos=body.ignore_eos))
     except BaseException:
         for future in futures:
             future.cancel()

@@ -29,6 +29,7 @@ class Sampling(BaseModel):
     n: int = Field(1, ge=1, le=MAX_CHOICES)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: str | list[str] | None = Field(None)
+    ignore_eos: bool = Field(False, description="vLLM's extension: generate past end-of-sequence, to max_tokens")
     stream: Literal[False] = False  # streaming is not served
 
 

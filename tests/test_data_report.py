@@ -241,3 +241,33 @@ def test_data_selection_does_not_depend_on_what_was_read_first(tmp_path: Path, t
     seen_backwards = Vocabulary()
     seen_backwards.encode(" ".join(reversed(" ".join(texts).split())))  # every word, first seen in another order
     assert (find_duplicates([seen_backwards.encode(t) for t in texts]).near == near).all()
+
+
+def test_the_contamination_index_is_built_once_per_instances_and_read_back(tmp_path: Path) -> None:
+    from train.data.contamination import Index, index_key, load_eval_sets
+    from train.data.ngrams import Vocabulary
+
+    root = plant(tmp_path)["root"]
+    built = Index.build(load_eval_sets(root)[0], Vocabulary())
+    cache = tmp_path / "cache"
+
+    def read_back() -> Index:
+        sets = load_eval_sets(root)[0]  # fresh sets: their n comes from the cache too
+        index = Index.cached(sets, Vocabulary(), cache)
+        assert [s.n for s in index.sets] == [s.n for s in built.sets]
+        assert index.keys.keys() == built.keys.keys()
+        for n in built.keys:
+            assert (index.keys[n] == built.keys[n]).all() and (index.owners[n] == built.owners[n]).all()
+        return index
+
+    read_back()
+    saved = cache / index_key(built.sets) / "index.npz"
+    written = saved.stat().st_mtime_ns
+    read_back()  # read, not built again
+    assert saved.stat().st_mtime_ns == written and [p.name for p in cache.iterdir()] == [saved.parent.name]
+    saved.write_bytes(saved.read_bytes()[:100])  # a damaged file is built again
+    read_back()
+    assert saved.stat().st_size > 100
+    changed = load_eval_sets(root)[0]
+    changed[0].segments[0] = (0, changed[0].segments[0][1] + " one more word")
+    assert index_key(changed) != index_key(built.sets)

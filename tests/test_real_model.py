@@ -120,16 +120,23 @@ max_examples = 8
     assert len(losses) == 1 and 0 < losses[0] < 20
 
 
-def test_serving_it_answers_a_question(tmp_path: Path):
+def test_serving_it_answers_and_stops_at_end_of_sequence_unless_told_not_to(tmp_path: Path):
     server = Server(["-m", "submission", "--threads", "1", "--model", smollm2.EMBEDDED_ID], {}, tmp_path / "log")
+    chat = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 48, "temperature": 0.0}
     try:
         server.wait_ready(timeout=600)  # loading 0.5 GB of fp32 weights on a shared CPU
         with server.client() as client:
             body = client.post("/process", json={"prompt": "The capital of France is", "max_new_tokens": 5,
                                                  "temperature": 0.0}).json()
+            stopped = client.post("/v1/chat/completions", json=chat).json()
+            going_on = client.post("/v1/chat/completions", json={**chat, "ignore_eos": True}).json()
     finally:
         server.stop()
     assert "Paris" in body["text"], body["text"]
+    # The instruction-tuned model ends its short answer with <|im_end|>; vLLM's ignore_eos decodes past it.
+    assert stopped["choices"][0]["finish_reason"] == "stop" and stopped["usage"]["completion_tokens"] < 48
+    assert going_on["choices"][0]["finish_reason"] == "length" and going_on["usage"]["completion_tokens"] == 48
+    assert going_on["choices"][0]["message"]["content"].startswith(stopped["choices"][0]["message"]["content"])
 
 
 def test_the_images_model_fetcher_knows_every_embedded_model():

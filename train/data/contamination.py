@@ -15,16 +15,18 @@ generate their instances from code (the quick suite's generated tasks) are not d
 """
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from core.cache import cache_root
+from core.cache import build_once, cache_root
 from core.instances import read_instances
 from train.data.ngrams import Texts, Vocabulary, ngram_hashes
 
@@ -85,12 +87,32 @@ def ngram_size(lengths: list[int]) -> int:
     return int(min(MAX_N, max(MIN_N, np.percentile(lengths, 5))))
 
 
+INDEX_FORMAT = 1  # change it with the n-gram rule (train/data/ngrams.py) or the saved arrays: old indexes go unread
+
+
+def index_key(sets: list[EvalSet]) -> str:
+    """A digest of everything an Index is made from: the rule's version and sizes, every checked segment."""
+    digest = hashlib.sha256(f"{INDEX_FORMAT} {MAX_N} {MIN_N}".encode())
+    for s in sets:
+        digest.update(f"\0{s.scenario}\0{s.suite}\0{len(s.instances)}\0{len(s.segments)}".encode())
+        for number, text in s.segments:
+            digest.update(f"\0{number}\0{text}".encode())
+    return digest.hexdigest()[:32]
+
+
 class Index:
     """Every checked n-gram of every instance, sorted by hash, with the instance it came from."""
 
-    def __init__(self, sets: list[EvalSet], vocab: Vocabulary) -> None:
+    def __init__(self, sets: list[EvalSet], keys: dict[int, np.ndarray], owners: dict[int, np.ndarray]) -> None:
         self.sets = sets
         self.offsets = np.cumsum([0] + [len(s.instances) for s in sets])  # global instance numbers
+        self.keys = keys
+        self.owners = owners
+
+    @classmethod
+    def build(cls, sets: list[EvalSet], vocab: Vocabulary) -> Index:
+        """Encode every segment, choose each set's n (EvalSet.n) and hash the n-grams."""
+        offsets = np.cumsum([0] + [len(s.instances) for s in sets])
         by_size: dict[int, tuple[list[list[int]], list[int]]] = {}
         for s, eval_set in enumerate(sets):
             encoded = [(number, vocab.encode(text)) for number, text in eval_set.segments]
@@ -99,15 +121,42 @@ class Index:
                 if ids:  # a short segment is checked whole: its one n-gram of its own length
                     texts, owners = by_size.setdefault(min(len(ids), eval_set.n), ([], []))
                     texts.append(ids)
-                    owners.append(int(self.offsets[s]) + number)
-        self.keys: dict[int, np.ndarray] = {}
-        self.owners: dict[int, np.ndarray] = {}
+                    owners.append(int(offsets[s]) + number)
+        keys, owner_arrays = {}, {}
         for n, (id_lists, owner_list) in by_size.items():
             texts = Texts.of(id_lists)
             (_, hashes, positions), = ngram_hashes(texts, [n])
             order = np.argsort(hashes, kind="stable")
-            self.keys[n] = hashes[order]
-            self.owners[n] = np.asarray(owner_list, dtype=np.int64)[texts.owner[positions]][order]
+            keys[n] = hashes[order]
+            owner_arrays[n] = np.asarray(owner_list, dtype=np.int64)[texts.owner[positions]][order]
+        return cls(sets, keys, owner_arrays)
+
+    @classmethod
+    def cached(cls, sets: list[EvalSet], vocab: Vocabulary, root: Path | None = None) -> Index:
+        """build(), once per machine for the same instances (index_key): every later run, resume and
+        rank reads it back from `root` (default $HARNESS_CACHE/contamination-index) instead of spending its
+        budget hashing the evaluation data again. Where the cache cannot be written, it is built in memory."""
+        folder = (root or cache_root() / "contamination-index") / index_key(sets)
+
+        def save(staging: Path) -> None:
+            index = cls.build(sets, vocab)
+            np.savez(staging / "index.npz", ns=np.array([s.n for s in sets], dtype=np.int64),
+                     **{f"keys_{n}": k for n, k in index.keys.items()},
+                     **{f"owners_{n}": o for n, o in index.owners.items()})
+
+        for rebuild in (False, True):  # a damaged cache is built again, once
+            try:
+                with np.load(build_once(folder, save, rebuild) / "index.npz") as saved:
+                    ns = saved["ns"].tolist()
+                    keys = {int(name[5:]): saved[name] for name in saved.files if name.startswith("keys_")}
+                    owners = {n: saved[f"owners_{n}"] for n in keys}
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                continue
+            if len(ns) == len(sets):
+                for eval_set, n in zip(sets, ns):
+                    eval_set.n = n
+                return cls(sets, keys, owners)
+        return cls.build(sets, vocab)
 
     def owner_set(self, instance: int) -> int:
         return int(np.searchsorted(self.offsets, instance, side="right") - 1)

@@ -114,7 +114,7 @@ def curate(recipe: Recipe, tokenizer, rendered: list[tuple[str, DataSource, list
         if "contamination" in checks:
             findings.eval_root = eval_root_of(recipe, eval_root)
             findings.eval_sets, findings.skipped = eval_data or load_eval_sets(findings.eval_root)
-            findings.index = Index(findings.eval_sets, vocab)
+            findings.index = Index.cached(findings.eval_sets, vocab)
         with _bar(total, "words") as bar:
             ids = []
             for s in sources:
