@@ -15,7 +15,7 @@ gets one fault at a random moment, drawn uniformly from the window named below:
   removed  the whole run folder removed (rm -rf) between the first published adapter and B-3 s
   hang     from a moment between the first published adapter and B-3 s on, every os.replace and
            os.rename of the process hangs for good (a filesystem that stopped answering; injected by
-           a sitecustomize.py on the child's PYTHONPATH, not by the harness)
+           a sitecustomize.py on the child's PYTHONPATH, tests/helpers.hanging_renames, not by the harness)
 
 A run whose window never opened (on a starved machine, interpreter start and imports alone can take
 most of the budget) gets no fault; it is counted apart ("not reached") and left out of the columns.
@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.rules import parse_duration
+from tests.helpers import hanging_renames
 
 KILL_SLACK_S = 1.0  # the ledger's write interval: what a kill -9 may take from the record
 RECIPE = """name = "faults"
@@ -68,16 +69,6 @@ max_examples = 200
 kind = "generated"
 name = "arith_qa"
 max_examples = 200
-"""
-HANG_HOOK = """
-import os, time
-def _hang_when_triggered(real):
-    def call(*args, **kwargs):
-        while os.path.exists({trigger!r}):
-            time.sleep(3600)
-        return real(*args, **kwargs)
-    return call
-os.replace, os.rename = _hang_when_triggered(os.replace), _hang_when_triggered(os.rename)
 """
 
 
@@ -283,11 +274,8 @@ def ledger_to_folder(run: Path) -> None:
 
 def one(fault: str, i: int, folder: Path, budget: str, rng: random.Random, base: Path) -> Outcome:
     if fault == "hang":
-        hook, trigger = folder / "hook", folder / "hang-now"
-        hook.mkdir()
-        (hook / "sitecustomize.py").write_text(HANG_HOOK.format(trigger=str(trigger)))
-        t = Trial(folder, budget, rng, env={"PYTHONPATH": os.pathsep.join(filter(None, [
-            str(hook), os.environ.get("PYTHONPATH")]))})
+        trigger = folder / "hang-now"
+        t = Trial(folder, budget, rng, env=hanging_renames(folder / "hook", trigger))
         t.start()
         return during_run(t, base, trigger.touch)
     t = Trial(folder, budget, rng)

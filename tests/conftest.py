@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import Server
+from tests.helpers import REPO, Server, run_train, train_cmd, wait_for, write_recipe
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,8 +71,6 @@ SAVING_EVERY_STEP = 'checkpoint_every = "0.01s"'  # a checkpoint after every ste
 def six_steps_with_dropout(tmp_path_factory) -> tuple[Path, Path]:
     """(recipe, run) of an uninterrupted 6-step run with LoRA dropout on (so the RNG state matters):
     the reference a resumed run must reach bit for bit."""
-    from tests.helpers import run_train, write_recipe
-
     folder = tmp_path_factory.mktemp("six-steps")
     recipe = write_recipe(folder / "r.toml", SAVING_EVERY_STEP, "[lora]\ndropout = 0.1")
     proc, _ = run_train("--config", str(recipe), "--output-dir", str(folder / "run"), "--max-steps", "6")
@@ -84,8 +82,6 @@ def six_steps_with_dropout(tmp_path_factory) -> tuple[Path, Path]:
 def killed_run(tmp_path_factory) -> Path:
     """A run of a 60 s budget ended by kill -9 once its second checkpoint exists (no summary, its
     ledger's attempt unfinished). Tests resume copies of it (`copy_run`)."""
-    from tests.helpers import REPO, train_cmd, wait_for, write_recipe
-
     folder = tmp_path_factory.mktemp("killed")
     run = folder / "run"
     proc = subprocess.Popen(train_cmd("--config", str(write_recipe(folder / "r.toml", SAVING_EVERY_STEP)),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -47,19 +49,29 @@ def assert_loadable(adapter: Path, tiny_model: Path) -> None:
     assert any("lora_" in n for n, _ in model.named_parameters())
 
 
-def wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll `condition` (an event: a file, a checkpoint) while the process lives."""
+def wait_until(condition: Callable[[], object], timeout: float, message: str) -> None:
+    """Poll `condition` (an event: a file, a status, a state) until it holds; after `timeout` seconds
+    the test fails with `message`."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert proc.poll() is None, "the run ended early"
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, message
         time.sleep(0.1)
+
+
+def wait_for(condition: Callable[[], object], proc: subprocess.Popen, timeout: float = 120) -> None:
+    """wait_until `condition` (a file, a checkpoint) while the process lives."""
+
+    def holds() -> bool:
+        if condition():
+            return True
+        assert proc.poll() is None, "the run ended early"
+        return False
+
+    wait_until(holds, timeout, "timed out")
 
 
 def copy_run(run: Path, to: Path) -> Path:
     """A run folder copied whole (a shared reference run stays untouched by the test that resumes it)."""
-    import shutil
-
     shutil.copytree(run, to, symlinks=True)
     return to
 
@@ -209,6 +221,21 @@ def hang_call(folder: Path, module: str, function: str, call: int) -> dict:
     return patch_on_import(folder, module, HANG.format(function=function, call=call, marker=str(folder / "hung")))
 
 
+def hanging_renames(folder: Path, trigger: Path) -> dict:
+    """Environment for a child whose os.replace and os.rename hang for good once `trigger` exists,
+    like a write to a filesystem that stopped answering."""
+    return site_hook(folder, f"""
+import os, time
+def _hang_when_triggered(real):
+    def call(*args, **kwargs):
+        while os.path.exists({str(trigger)!r}):
+            time.sleep(3600)
+        return real(*args, **kwargs)
+    return call
+os.replace, os.rename = _hang_when_triggered(os.replace), _hang_when_triggered(os.rename)
+""")
+
+
 def hang_at_step(folder: Path, step: int) -> dict:
     """The optimizer step `step` of the run never ends."""
     return hang_call(folder, "train.run.loop", "train_step", step)
@@ -269,6 +296,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
         self.wfile.write(raw)
+
+
+SCENARIOS = "quick_mc,quick_qa"  # two quick-suite scenarios: the eval CLI runs that compare two ways of serving
 
 
 def partial_entry(db: Path, name: str) -> dict[str, tuple[float, int]]:

@@ -9,9 +9,8 @@ import pytest
 
 from eval.__main__ import main as cli
 from eval.client import ChallengeAPI, ServerError, server_urls
-from tests.helpers import GOOD, Handler, Server, completions, partial_entry, request
+from tests.helpers import GOOD, SCENARIOS, Handler, Server, completions, partial_entry, request
 
-SCENARIOS = "quick_mc,quick_qa"
 LIMIT = 3
 
 

@@ -108,8 +108,7 @@ def test_eval_run_over_the_openai_api_records_the_competition_apis_results(defau
     """`python -m eval run --api openai`: the judges' scenarios through /v1/completions give the same
     completions and metrics as through /process (both greedy, both cut at the stop sequences)."""
     from eval.__main__ import main as cli
-    from tests.helpers import completions, partial_entry
-    from tests.test_eval_servers import SCENARIOS
+    from tests.helpers import SCENARIOS, completions, partial_entry
 
     def served(route: str) -> float:  # requests the server answered on a route (its /metrics)
         text = httpx.get(default_server.url + "/metrics").text

@@ -28,7 +28,7 @@ from submission.api import ProcessRequest
 from submission.engine import Engine, RequestTimeout, Unavailable
 from submission.loading import load
 from submission.settings import Settings, env_name
-from tests.helpers import Server, body_strategy, hold_worker
+from tests.helpers import Server, body_strategy, hold_worker, wait_until
 
 LONG = "word " * 10  # greedy on the tiny model: 1500 tokens without an EOS
 
@@ -294,9 +294,8 @@ def test_fuzz_under_overload_bad_input_still_names_the_field(bounded):
     seen: set[int] = set()
     try:
         with bounded.client() as client:
-            deadline = time.monotonic() + 60
-            while client.post("/process", json={"prompt": "full yet?", "max_new_tokens": 1}).status_code != 503:
-                assert time.monotonic() < deadline, "the loaders never filled the server"
+            wait_until(lambda: client.post("/process", json={"prompt": "full yet?", "max_new_tokens": 1}).status_code
+                       == 503, 60, "the loaders never filled the server")
 
             @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
             @given(body=body_strategy(schema, "ProcessRequest"))
@@ -401,9 +400,7 @@ def test_health_names_a_worker_that_makes_no_progress_while_requests_wait(loaded
         release.set()
         stuck.result(timeout=60)
         # The answer is sent from inside the step; the worker marks its progress when the step returns.
-        deadline = time.monotonic() + 30
-        while client.get("/health").status_code != 200:
-            assert time.monotonic() < deadline, "/health never recovered once the step went on"
+        wait_until(lambda: client.get("/health").status_code == 200, 30, "/health never recovered once the step went on")
 
 
 def test_health_names_the_error_when_every_step_fails(loaded, monkeypatch):
@@ -421,9 +418,7 @@ def test_health_names_the_error_when_every_step_fails(loaded, monkeypatch):
         monkeypatch.setattr(engine.prefixes, "lookup", failing_lookup)
         first = engine.submit(greedy("hello there", 3))
         assert entered.acquire(timeout=60)
-        deadline = time.monotonic() + 30
-        while engine.problem() is None:  # one step hangs past stall_s
-            assert time.monotonic() < deadline
+        wait_until(lambda: engine.problem() is not None, 30, "no problem reported")  # one step hangs past stall_s
         assert "a step may hang" in engine.problem()
         go.release()
         with pytest.raises(RuntimeError, match="disk on fire"):

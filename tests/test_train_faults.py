@@ -3,8 +3,8 @@ survives a damaged checkpoint, a crash is recorded, and the limits are limits.
 
 Faults are injected from outside the process: the run folder removed, a file replaced by a folder, a
 file cut in place, and, for a write or a phase that hangs, a sitecustomize.py put on the child's
-PYTHONPATH only (tests/helpers.site_hook; `hanging_renames` here: os.replace/os.rename sleep once a
-trigger file exists; tests/helpers.hang_call: one call of a function never returns).
+PYTHONPATH only (tests/helpers.site_hook; helpers.hanging_renames: os.replace/os.rename sleep once a
+trigger file exists; helpers.hang_call: one call of a function never returns).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from tests.helpers import (
     assert_loadable,
     copy_run,
     hang_call,
+    hanging_renames,
     run_train,
     site_hook,
     summary,
@@ -88,21 +89,6 @@ def test_the_run_folder_removed_mid_run(tmp_path: Path, tiny_model: Path):
     if code == 0:  # a graceful stop's final save puts the folder back (a hard stop saves nothing)
         assert summary(run)["stop_reason"] == "budget"
         assert_loadable(run / "adapter", tiny_model)
-
-
-def hanging_renames(folder: Path, trigger: Path) -> dict:
-    """Environment for a child whose os.replace and os.rename hang for good once `trigger` exists,
-    like a write to a filesystem that stopped answering."""
-    return site_hook(folder, f"""
-import os, time
-def _hang_when_triggered(real):
-    def call(*args, **kwargs):
-        while os.path.exists({str(trigger)!r}):
-            time.sleep(3600)
-        return real(*args, **kwargs)
-    return call
-os.replace, os.rename = _hang_when_triggered(os.replace), _hang_when_triggered(os.rename)
-""")
 
 
 @pytest.mark.xdist_group("deadline")  # budget-clock assertions: one at a time when the suite runs in parallel

@@ -100,19 +100,24 @@ def index_key(sets: list[EvalSet]) -> str:
     return digest.hexdigest()[:32]
 
 
+def instance_offsets(sets: list[EvalSet]) -> np.ndarray:
+    """Where each set's instances begin in the global instance numbering."""
+    return np.cumsum([0] + [len(s.instances) for s in sets])
+
+
 class Index:
     """Every checked n-gram of every instance, sorted by hash, with the instance it came from."""
 
     def __init__(self, sets: list[EvalSet], keys: dict[int, np.ndarray], owners: dict[int, np.ndarray]) -> None:
         self.sets = sets
-        self.offsets = np.cumsum([0] + [len(s.instances) for s in sets])  # global instance numbers
+        self.offsets = instance_offsets(sets)
         self.keys = keys
         self.owners = owners
 
     @classmethod
     def build(cls, sets: list[EvalSet], vocab: Vocabulary) -> Index:
         """Encode every segment, choose each set's n (EvalSet.n) and hash the n-grams."""
-        offsets = np.cumsum([0] + [len(s.instances) for s in sets])
+        offsets = instance_offsets(sets)
         by_size: dict[int, tuple[list[list[int]], list[int]]] = {}
         for s, eval_set in enumerate(sets):
             encoded = [(number, vocab.encode(text)) for number, text in eval_set.segments]
